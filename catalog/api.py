@@ -1,0 +1,76 @@
+"""The one Catalog API every backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class TableIdent:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}.{self.name}"
+
+
+@dataclass(frozen=True)
+class TableScan:
+    """What a reader needs to scan a table at one version.
+
+    Either `data_files` (Parquet paths to read as they are) or `arrow` (rows already
+    materialized, e.g. an in-memory table or an Iceberg snapshot with delete files).
+    `version` changes whenever the table's contents change, so readers may cache by it.
+    """
+
+    ident: TableIdent
+    schema: pa.Schema
+    version: str
+    data_files: tuple[str, ...] = ()
+    arrow: pa.Table | None = None
+
+
+class Catalog(ABC):
+    """Namespaces holding tables of Arrow-typed rows."""
+
+    @abstractmethod
+    def list_namespaces(self) -> list[str]: ...
+
+    @abstractmethod
+    def create_namespace(self, namespace: str, properties: dict[str, str] | None = None) -> None:
+        ...
+
+    @abstractmethod
+    def namespace_properties(self, namespace: str) -> dict[str, str]: ...
+
+    @abstractmethod
+    def drop_namespace(self, namespace: str) -> None: ...
+
+    @abstractmethod
+    def list_tables(self, namespace: str) -> list[str]: ...
+
+    @abstractmethod
+    def table_schema(self, ident: TableIdent) -> pa.Schema: ...
+
+    @abstractmethod
+    def scan(self, ident: TableIdent) -> TableScan: ...
+
+    @abstractmethod
+    def create_table(self, ident: TableIdent, schema: pa.Schema) -> None: ...
+
+    @abstractmethod
+    def append(self, ident: TableIdent, rows: pa.Table) -> None: ...
+
+    @abstractmethod
+    def drop_table(self, ident: TableIdent) -> None: ...
+
+    def namespace_exists(self, namespace: str) -> bool:
+        return namespace in self.list_namespaces()
+
+    def table_exists(self, ident: TableIdent) -> bool:
+        return self.namespace_exists(ident.namespace) and ident.name in self.list_tables(
+            ident.namespace
+        )

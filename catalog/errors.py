@@ -1,0 +1,21 @@
+"""Typed catalog errors; the server maps them to Flight status codes."""
+
+
+class CatalogError(Exception):
+    """Base of every error the catalog package raises."""
+
+
+class NamespaceNotFound(CatalogError):
+    pass
+
+
+class TableNotFound(CatalogError):
+    pass
+
+
+class AlreadyExists(CatalogError):
+    pass
+
+
+class CatalogUnavailable(CatalogError):
+    """The catalog backend (sqlite file, REST service) could not be reached."""

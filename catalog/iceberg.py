@@ -1,0 +1,130 @@
+"""Iceberg tables through pyiceberg: a SqlCatalog on sqlite by default, REST by URI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog as PyIcebergCatalog
+from pyiceberg.catalog import load_catalog
+from pyiceberg.exceptions import (
+    NamespaceAlreadyExistsError,
+    NamespaceNotEmptyError,
+    NoSuchNamespaceError,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+)
+from pyiceberg.table import Table as IcebergTable
+
+from catalog.api import Catalog, TableIdent, TableScan
+from catalog.errors import AlreadyExists, NamespaceNotFound, TableNotFound
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _typed_errors() -> Iterator[None]:
+    """Turn pyiceberg's exceptions into this package's typed errors."""
+    try:
+        yield
+    except NoSuchTableError as exc:
+        raise TableNotFound(_first_line(exc)) from None
+    except NoSuchNamespaceError as exc:
+        raise NamespaceNotFound(_first_line(exc)) from None
+    except (NamespaceAlreadyExistsError, TableAlreadyExistsError, NamespaceNotEmptyError) as exc:
+        raise AlreadyExists(_first_line(exc)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def local_path(uri: str) -> str:
+    """A file:// URI (or a bare path) as a local filesystem path."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return unquote(parsed.path) if parsed.scheme else uri
+    return uri
+
+
+class IcebergCatalog(Catalog):
+    def __init__(self, backend: PyIcebergCatalog) -> None:
+        self._backend = backend
+
+    @classmethod
+    def embedded(cls, warehouse: str, name: str = "krishiv") -> IcebergCatalog:
+        """SqlCatalog on `<warehouse>/catalog.db`, data files under `<warehouse>`."""
+        warehouse = os.path.abspath(warehouse)
+        os.makedirs(warehouse, exist_ok=True)
+        backend = load_catalog(
+            name,
+            type="sql",
+            uri=f"sqlite:///{os.path.join(warehouse, 'catalog.db')}",
+            warehouse=f"file://{warehouse}",
+        )
+        return cls(backend)
+
+    @classmethod
+    def rest(cls, uri: str, properties: dict[str, str], name: str = "krishiv") -> IcebergCatalog:
+        return cls(load_catalog(name, type="rest", uri=uri, **properties))
+
+    def list_namespaces(self) -> list[str]:
+        return sorted(".".join(ns) for ns in self._backend.list_namespaces())
+
+    def create_namespace(self, namespace: str, properties: dict[str, str] | None = None) -> None:
+        with _typed_errors():
+            self._backend.create_namespace(namespace, properties or {})
+
+    def namespace_properties(self, namespace: str) -> dict[str, str]:
+        with _typed_errors():
+            return dict(self._backend.load_namespace_properties(namespace))
+
+    def drop_namespace(self, namespace: str) -> None:
+        with _typed_errors():
+            self._backend.drop_namespace(namespace)
+
+    def list_tables(self, namespace: str) -> list[str]:
+        with _typed_errors():
+            return sorted(ident[-1] for ident in self._backend.list_tables(namespace))
+
+    def table_schema(self, ident: TableIdent) -> pa.Schema:
+        return self._with_table(ident, lambda table: table.schema().as_arrow())
+
+    def scan(self, ident: TableIdent) -> TableScan:
+        table = self._load(ident)
+        schema = table.schema().as_arrow()
+        snapshot = table.current_snapshot()
+        if snapshot is None:
+            return TableScan(ident, schema, version="empty", arrow=schema.empty_table())
+        version = f"{table.metadata.table_uuid}:{snapshot.snapshot_id}"
+        tasks = list(table.scan().plan_files())
+        if any(task.delete_files for task in tasks):
+            # Only pyiceberg's reader applies delete files; never return deleted rows.
+            return TableScan(ident, schema, version, arrow=table.scan().to_arrow())
+        files = tuple(local_path(task.file.file_path) for task in tasks)
+        return TableScan(ident, schema, version, data_files=files)
+
+    def create_table(self, ident: TableIdent, schema: pa.Schema) -> None:
+        with _typed_errors():
+            self._backend.create_table((ident.namespace, ident.name), schema=schema)
+
+    def append(self, ident: TableIdent, rows: pa.Table) -> None:
+        self._with_table(ident, lambda table: table.append(rows))
+
+    def drop_table(self, ident: TableIdent) -> None:
+        with _typed_errors():
+            self._backend.drop_table((ident.namespace, ident.name))
+
+    def _load(self, ident: TableIdent) -> IcebergTable:
+        with _typed_errors():
+            return self._backend.load_table((ident.namespace, ident.name))
+
+    def _with_table(self, ident: TableIdent, action: Callable[[IcebergTable], T]) -> T:
+        table = self._load(ident)
+        with _typed_errors():
+            return action(table)

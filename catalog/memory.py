@@ -1,0 +1,84 @@
+"""A catalog that keeps tables in process memory (tests, scratch servers)."""
+
+from __future__ import annotations
+
+import threading
+
+import pyarrow as pa
+
+from catalog.api import Catalog, TableIdent, TableScan
+from catalog.errors import AlreadyExists, NamespaceNotFound, TableNotFound
+
+
+class InMemoryCatalog(Catalog):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._namespaces: dict[str, dict[str, str]] = {}
+        self._tables: dict[TableIdent, tuple[int, pa.Table]] = {}
+
+    def list_namespaces(self) -> list[str]:
+        with self._lock:
+            return sorted(self._namespaces)
+
+    def create_namespace(self, namespace: str, properties: dict[str, str] | None = None) -> None:
+        with self._lock:
+            if namespace in self._namespaces:
+                raise AlreadyExists(f"namespace {namespace!r} already exists")
+            self._namespaces[namespace] = dict(properties or {})
+
+    def namespace_properties(self, namespace: str) -> dict[str, str]:
+        with self._lock:
+            self._require_namespace(namespace)
+            return dict(self._namespaces[namespace])
+
+    def drop_namespace(self, namespace: str) -> None:
+        with self._lock:
+            self._require_namespace(namespace)
+            if any(ident.namespace == namespace for ident in self._tables):
+                raise AlreadyExists(f"namespace {namespace!r} is not empty")
+            del self._namespaces[namespace]
+
+    def list_tables(self, namespace: str) -> list[str]:
+        with self._lock:
+            self._require_namespace(namespace)
+            return sorted(i.name for i in self._tables if i.namespace == namespace)
+
+    def table_schema(self, ident: TableIdent) -> pa.Schema:
+        return self._entry(ident)[1].schema
+
+    def scan(self, ident: TableIdent) -> TableScan:
+        version, rows = self._entry(ident)
+        return TableScan(ident=ident, schema=rows.schema, version=str(version), arrow=rows)
+
+    def create_table(self, ident: TableIdent, schema: pa.Schema) -> None:
+        with self._lock:
+            self._require_namespace(ident.namespace)
+            if ident in self._tables:
+                raise AlreadyExists(f"table {ident} already exists")
+            self._tables[ident] = (0, schema.empty_table())
+
+    def append(self, ident: TableIdent, rows: pa.Table) -> None:
+        with self._lock:
+            version, current = self._tables_entry_locked(ident)
+            combined = pa.concat_tables([current, rows.cast(current.schema)])
+            self._tables[ident] = (version + 1, combined)
+
+    def drop_table(self, ident: TableIdent) -> None:
+        with self._lock:
+            self._tables_entry_locked(ident)
+            del self._tables[ident]
+
+    def _entry(self, ident: TableIdent) -> tuple[int, pa.Table]:
+        with self._lock:
+            return self._tables_entry_locked(ident)
+
+    def _tables_entry_locked(self, ident: TableIdent) -> tuple[int, pa.Table]:
+        self._require_namespace(ident.namespace)
+        try:
+            return self._tables[ident]
+        except KeyError:
+            raise TableNotFound(f"table {ident} not found") from None
+
+    def _require_namespace(self, namespace: str) -> None:
+        if namespace not in self._namespaces:
+            raise NamespaceNotFound(f"namespace {namespace!r} not found")

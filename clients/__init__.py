@@ -1,0 +1,1 @@
+"""Client helpers; they talk to Krishiv through the Flight SQL protocol only."""

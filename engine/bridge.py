@@ -1,0 +1,113 @@
+"""The catalog as DataFusion sees it: schemas are namespaces, tables are scans."""
+
+from __future__ import annotations
+
+import threading
+
+import pyarrow.dataset as ds
+from datafusion import SessionConfig, SessionContext
+from datafusion.catalog import CatalogProvider, SchemaProvider, Table
+
+from catalog import Catalog, NamespaceNotFound, TableIdent, TableNotFound, TableScan
+from engine.arrow_types import plain_schema
+
+# Shared settings for every DataFusion context the engine makes.
+DATAFUSION_SETTINGS = {
+    "datafusion.execution.parquet.schema_force_view_types": "false",
+    "datafusion.sql_parser.map_string_types_to_utf8view": "false",
+    "datafusion.optimizer.expand_views_at_output": "true",
+}
+
+
+class TableCache:
+    """DataFusion tables built once per table version, shared by all sessions."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._lock = threading.Lock()
+        self._tables: dict[TableIdent, tuple[str, Table]] = {}
+        config = SessionConfig()
+        for key, value in DATAFUSION_SETTINGS.items():
+            config = config.set(key, value)
+        self._reader = SessionContext(config)
+
+    def table(self, ident: TableIdent) -> Table:
+        """The table at its current version, read by DataFusion's own Parquet scan.
+
+        Must not be called while DataFusion plans (from a provider callback): building
+        a Parquet scan starts DataFusion's runtime, which cannot nest.
+        """
+        scan = self.catalog.scan(ident)
+        with self._lock:
+            cached = self._tables.get(ident)
+            if cached is not None and cached[0] == scan.version:
+                return cached[1]
+        table = self._build(scan)
+        with self._lock:
+            self._tables[ident] = (scan.version, table)
+        return table
+
+    def table_while_planning(self, ident: TableIdent) -> Table:
+        """The table for a provider callback: cached, or else a pyarrow dataset scan."""
+        scan = self.catalog.scan(ident)
+        with self._lock:
+            cached = self._tables.get(ident)
+            if cached is not None and cached[0] == scan.version:
+                return cached[1]
+        schema = plain_schema(scan.schema)
+        if scan.arrow is not None or not scan.data_files:
+            return self._build(scan)
+        return Table(ds.dataset(list(scan.data_files), schema=schema, format="parquet"))
+
+    def _build(self, scan: TableScan) -> Table:
+        schema = plain_schema(scan.schema)
+        if scan.arrow is not None or not scan.data_files:
+            rows = scan.arrow if scan.arrow is not None else scan.schema.empty_table()
+            return Table(ds.dataset(rows.cast(schema)))
+        frames = [self._reader.read_parquet(path, schema=schema) for path in scan.data_files]
+        frame = frames[0]
+        for other in frames[1:]:
+            frame = frame.union(other)
+        return Table(frame)
+
+    def forget(self, ident: TableIdent) -> None:
+        with self._lock:
+            self._tables.pop(ident, None)
+
+
+class _NamespaceSchema(SchemaProvider):
+    def __init__(
+        self, tables: TableCache, namespace: str, resolved: dict[TableIdent, Table]
+    ) -> None:
+        self._tables = tables
+        self._namespace = namespace
+        self._resolved = resolved
+
+    def table_names(self) -> set[str]:
+        return set(self._tables.catalog.list_tables(self._namespace))
+
+    def table(self, name: str) -> Table | None:
+        ident = TableIdent(self._namespace, name)
+        try:
+            return self._resolved.get(ident) or self._tables.table_while_planning(ident)
+        except (TableNotFound, NamespaceNotFound):
+            return None
+
+    def table_exist(self, name: str) -> bool:
+        return self._tables.catalog.table_exists(TableIdent(self._namespace, name))
+
+
+class CatalogBridge(CatalogProvider):
+    """One query's catalog: tables resolved before planning, others looked up lazily."""
+
+    def __init__(self, tables: TableCache, resolved: dict[TableIdent, Table]) -> None:
+        self._tables = tables
+        self._resolved = resolved
+
+    def schema_names(self) -> set[str]:
+        return set(self._tables.catalog.list_namespaces())
+
+    def schema(self, name: str) -> _NamespaceSchema | None:  # type: ignore[override]
+        if not self._tables.catalog.namespace_exists(name):
+            return None
+        return _NamespaceSchema(self._tables, name, self._resolved)

@@ -1,0 +1,18 @@
+"""Engine settings, filled from the server's one typed config."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    catalog_name: str = "krishiv"
+    default_schema: str = "public"
+    target_partitions: int = field(default_factory=lambda: os.cpu_count() or 1)
+    batch_size: int = 32768
+    memory_limit_bytes: int | None = None
+    query_timeout_s: float | None = None
+    # Flight clients default to a 16 MiB message cap: keep every batch well under it.
+    max_batch_bytes: int = 4 * 1024 * 1024

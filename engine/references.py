@@ -1,0 +1,38 @@
+"""Which catalog tables a SQL text names, found before DataFusion plans it."""
+
+from __future__ import annotations
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+
+from catalog import TableIdent
+
+
+def referenced_tables(sql: str, default_schema: str) -> set[TableIdent]:
+    """Tables named in `sql`, with unquoted names folded to lower case as DataFusion does.
+
+    Best effort: text sqlglot cannot parse yields nothing, and DataFusion will still
+    find those tables through the slower lazy path.
+    """
+    try:
+        statements = sqlglot.parse(sql, read="postgres")
+    except SqlglotError:
+        return set()
+    found: set[TableIdent] = set()
+    for statement in statements:
+        if statement is None:
+            continue
+        for table in statement.find_all(exp.Table):
+            name = _identifier(table.this)
+            if not name:
+                continue
+            schema = _identifier(table.args.get("db")) or default_schema
+            found.add(TableIdent(schema, name))
+    return found
+
+
+def _identifier(node: exp.Expression | None) -> str:
+    if not isinstance(node, exp.Identifier):
+        return ""
+    return node.this if node.quoted else node.this.lower()

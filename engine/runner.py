@@ -1,0 +1,82 @@
+"""Runs DataFusion result streams under a deadline and a cancel check.
+
+DataFusion's async stream API lets a pending batch be abandoned: cancelling the
+awaiting task drops the Rust future, which stops the query's work (measured: CPU
+freed within a second). A synchronous `next()` could not be interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pyarrow as pa
+from datafusion import DataFrame
+
+from engine.errors import QueryCancelled, QueryTimeout
+
+_POLL_SECONDS = 0.05
+
+
+class StreamRunner:
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="krishiv-streams", daemon=True
+        )
+        self._thread.start()
+
+    def batches(
+        self,
+        frame: DataFrame,
+        timeout_s: float | None,
+        is_cancelled: Callable[[], bool],
+    ) -> Iterator[pa.RecordBatch]:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        stream = frame.execute_stream()
+        iterator = stream.__aiter__()
+        try:
+            while True:
+                batch = self._next(iterator, deadline, timeout_s, is_cancelled)
+                if batch is None:
+                    return
+                yield batch
+        finally:
+            del iterator, stream
+
+    def _next(
+        self,
+        iterator: Any,
+        deadline: float | None,
+        timeout_s: float | None,
+        is_cancelled: Callable[[], bool],
+    ) -> pa.RecordBatch | None:
+        future = asyncio.run_coroutine_threadsafe(_anext_or_none(iterator), self._loop)
+        while True:
+            try:
+                return future.result(timeout=_POLL_SECONDS)
+            except concurrent.futures.TimeoutError:
+                if is_cancelled():
+                    future.cancel()
+                    raise QueryCancelled("query cancelled by the client") from None
+                if deadline is not None and time.monotonic() > deadline:
+                    future.cancel()
+                    raise QueryTimeout(
+                        f"query exceeded the server's timeout of {timeout_s:g} s"
+                    ) from None
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+
+async def _anext_or_none(iterator: Any) -> pa.RecordBatch | None:
+    try:
+        batch = await iterator.__anext__()
+    except StopAsyncIteration:
+        return None
+    return batch.to_pyarrow()

@@ -1,0 +1,134 @@
+"""`krishiv` command line: `krishiv serve` runs the embedded Flight SQL server."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from catalog import Catalog, IcebergCatalog
+from engine import EngineConfig, SqlEngine
+from engine.demo import DemoDataError, load_tpch_demo
+from flight_server.auth import Authenticator
+from flight_server.config import (
+    ConfigError,
+    ServerConfig,
+    auth_config,
+    environ,
+    is_loopback,
+    parse_size,
+)
+from flight_server.server import FlightSqlServer
+
+log = logging.getLogger("krishiv")
+
+
+@click.group()
+def main() -> None:
+    """Krishiv: an Arrow Flight SQL server on DataFusion and Iceberg."""
+
+
+@main.command()
+@click.option("--host", envvar="KRISHIV_HOST", default="127.0.0.1", show_default=True,
+              help="Address to listen on.")
+@click.option("--port", envvar="KRISHIV_PORT", default=50050, show_default=True, type=int)
+@click.option("--warehouse", envvar="KRISHIV_WAREHOUSE", default="warehouse", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the embedded Iceberg catalog (sqlite) and its data files.")
+@click.option("--catalog-uri", envvar="KRISHIV_CATALOG_URI", default=None,
+              help="Iceberg REST catalog URI; default is the embedded sqlite catalog.")
+@click.option("--catalog-property", "catalog_properties", multiple=True, metavar="KEY=VALUE",
+              help="Extra property for the REST catalog (repeatable).")
+@click.option("--demo/--no-demo", envvar="KRISHIV_DEMO", default=False,
+              help="Load TPC-H demo tables into namespace 'tpch'.")
+@click.option("--demo-scale", envvar="KRISHIV_DEMO_SCALE", default=0.01, show_default=True,
+              type=float, help="TPC-H scale factor of the demo data.")
+@click.option("--default-schema", envvar="KRISHIV_DEFAULT_SCHEMA", default="public",
+              show_default=True, help="Namespace for unqualified table names.")
+@click.option("--memory-limit", envvar="KRISHIV_MEMORY_LIMIT", default=None,
+              help="Memory limit per query, e.g. 512M or 2G (default: none).")
+@click.option("--query-timeout", envvar="KRISHIV_QUERY_TIMEOUT_SECS", default=None, type=float,
+              help="Seconds a query may run (default: no limit).")
+@click.option("--token", "tokens", multiple=True, help="Accepted bearer token (repeatable).")
+@click.option("--token-file", default=None, help="File of accepted bearer tokens, reloaded.")
+@click.option("--users-file", default=None, help="File of 'user:password' lines for Basic auth.")
+@click.option("--insecure", is_flag=True, envvar="KRISHIV_INSECURE",
+              help="Allow a non-loopback listen address without any token.")
+@click.option("--log-level", envvar="KRISHIV_LOG_LEVEL", default="INFO", show_default=True)
+def serve(
+    host: str, port: int, warehouse: Path, catalog_uri: str | None,
+    catalog_properties: tuple[str, ...], demo: bool, demo_scale: float, default_schema: str,
+    memory_limit: str | None, query_timeout: float | None, tokens: tuple[str, ...],
+    token_file: str | None, users_file: str | None, insecure: bool, log_level: str,
+) -> None:
+    """Run the embedded Flight SQL server (one process, DataFusion on all cores)."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = ServerConfig(
+            host=host, port=port, warehouse=warehouse, catalog_uri=catalog_uri,
+            catalog_properties=_properties(catalog_properties), demo=demo, demo_scale=demo_scale,
+            insecure=insecure,
+            auth=auth_config(environ(), tokens, token_file, None, users_file),
+            engine=EngineConfig(
+                default_schema=default_schema,
+                memory_limit_bytes=parse_size(memory_limit) if memory_limit else None,
+                query_timeout_s=query_timeout,
+            ),
+        )
+        config.validate()
+        run_server(config)
+    except (ConfigError, DemoDataError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _properties(pairs: tuple[str, ...]) -> dict[str, str]:
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--catalog-property needs KEY=VALUE, got {pair!r}")
+        result[key] = value
+    return result
+
+
+def open_catalog(config: ServerConfig) -> Catalog:
+    if config.catalog_uri:
+        return IcebergCatalog.rest(config.catalog_uri, dict(config.catalog_properties))
+    return IcebergCatalog.embedded(str(config.warehouse))
+
+
+def run_server(config: ServerConfig) -> None:
+    catalog = open_catalog(config)
+    if config.demo:
+        load_tpch_demo(catalog, config.demo_scale, scratch=config.warehouse)
+    if not catalog.namespace_exists(config.engine.default_schema):
+        catalog.create_namespace(config.engine.default_schema)
+    engine = SqlEngine(catalog, config.engine)
+    authenticator = Authenticator(config.auth)
+    server = FlightSqlServer(f"grpc://{config.host}:{config.port}", engine, authenticator)
+    if not config.auth.enabled:
+        where = "loopback only" if is_loopback(config.host) else "INSECURE, no auth"
+        log.warning("no bearer tokens configured: serving without authentication (%s)", where)
+    log.info("Krishiv Flight SQL listening on grpc://%s:%d", config.host, server.port)
+    print(f"krishiv: serving Flight SQL on grpc://{config.host}:{server.port}", flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # Signals may land on a gRPC thread; poll so the main thread notices them.
+    while not stop.wait(0.5):
+        pass
+    log.info("shutting down")
+    server.shutdown()
+    engine.close()
+    sys.exit(0)

@@ -1,0 +1,141 @@
+"""The server's one typed configuration, from CLI flags and KRISHIV_* variables."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine import EngineConfig
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or unsafe; the server refuses to start."""
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    tokens: tuple[str, ...] = ()
+    token_file: Path | None = None
+    reload_interval_s: float = 30.0
+    # Basic auth users as name -> password; a bearer token is issued on success.
+    users: Mapping[str, str] = field(default_factory=dict)
+    issued_token_ttl_s: float = 12 * 3600.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens or self.token_file or self.users)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50050
+    warehouse: Path = Path("warehouse")
+    catalog_uri: str | None = None
+    catalog_properties: Mapping[str, str] = field(default_factory=dict)
+    demo: bool = False
+    demo_scale: float = 0.01
+    insecure: bool = False
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def validate(self) -> None:
+        if not self.auth.enabled and not is_loopback(self.host) and not self.insecure:
+            raise ConfigError(
+                f"refusing to listen on {self.host} without bearer tokens: set "
+                "KRISHIV_COORDINATOR_BEARER_TOKENS (or a token file), or pass --insecure"
+            )
+        if self.demo_scale <= 0:
+            raise ConfigError("--demo-scale must be positive")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def split_tokens(text: str) -> list[str]:
+    """Tokens separated by commas or newlines; blanks and `#` comment lines dropped."""
+    tokens = []
+    for line in text.replace(",", "\n").splitlines():
+        token = line.strip()
+        if token and not token.startswith("#"):
+            tokens.append(token)
+    return tokens
+
+
+def parse_users(text: str) -> dict[str, str]:
+    """`user:password` entries, separated by commas or newlines."""
+    users: dict[str, str] = {}
+    for entry in split_tokens(text):
+        name, sep, password = entry.partition(":")
+        if not sep or not name or not password:
+            raise ConfigError(f"user entry {name or entry[:20]!r} must be 'user:password'")
+        users[name] = password
+    return users
+
+
+def auth_config(
+    env: Mapping[str, str],
+    tokens: tuple[str, ...] = (),
+    token_file: str | None = None,
+    reload_interval_s: float | None = None,
+    users_file: str | None = None,
+) -> AuthConfig:
+    """Auth settings: flags first, then the KRISHIV_* variables of DESIGN.md section 4."""
+    accepted = list(tokens)
+    accepted += split_tokens(env.get("KRISHIV_COORDINATOR_BEARER_TOKENS", ""))
+    accepted += split_tokens(env.get("KRISHIV_COORDINATOR_BEARER_TOKEN", ""))
+    file_name = token_file or env.get("KRISHIV_COORDINATOR_BEARER_TOKEN_FILE") or None
+    interval = reload_interval_s
+    if interval is None:
+        raw = env.get("KRISHIV_COORDINATOR_AUTH_RELOAD_INTERVAL_SECS", "30")
+        try:
+            interval = float(raw)
+        except ValueError:
+            raise ConfigError(
+                f"KRISHIV_COORDINATOR_AUTH_RELOAD_INTERVAL_SECS is not a number: {raw!r}"
+            ) from None
+    if interval <= 0:
+        raise ConfigError("the token file reload interval must be positive")
+    users = parse_users(env.get("KRISHIV_USERS", ""))
+    users_path = users_file or env.get("KRISHIV_USERS_FILE")
+    if users_path:
+        try:
+            users.update(parse_users(Path(users_path).read_text()))
+        except OSError as exc:
+            raise ConfigError(f"cannot read users file {users_path}: {exc.strerror}") from None
+    return AuthConfig(
+        tokens=tuple(dict.fromkeys(accepted)),
+        token_file=Path(file_name) if file_name else None,
+        reload_interval_s=interval,
+        users=users,
+    )
+
+
+def parse_size(text: str) -> int:
+    """A byte count such as `512M`, `2G` or `1048576`."""
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = cleaned, ""
+    if cleaned and cleaned[-1] in units:
+        number, unit = cleaned[:-1], cleaned[-1]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ConfigError(f"not a size: {text!r} (use e.g. 512M or 2G)") from None
+    if value <= 0:
+        raise ConfigError(f"size must be positive: {text!r}")
+    return int(value * units[unit])
+
+
+def environ() -> Mapping[str, str]:
+    """The process environment; read only when building the config."""
+    return os.environ

@@ -1,0 +1,60 @@
+"""Server-side state behind opaque handles: planned queries and prepared statements."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Generic, TypeVar
+
+from flight_server.errors import NotFound
+
+V = TypeVar("V")
+
+
+class HandleStore(Generic[V]):
+    """Values by random handle, forgotten after `ttl_s` without use."""
+
+    def __init__(self, kind: str, ttl_s: float) -> None:
+        self._kind = kind
+        self._ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._entries: dict[bytes, tuple[float, V]] = {}
+
+    def add(self, value: V) -> bytes:
+        handle = uuid.uuid4().bytes
+        now = time.monotonic()
+        with self._lock:
+            self._expire(now)
+            self._entries[handle] = (now, value)
+        return handle
+
+    def get(self, handle: bytes) -> V:
+        now = time.monotonic()
+        with self._lock:
+            self._expire(now)
+            entry = self._entries.get(handle)
+            if entry is None:
+                raise NotFound(f"unknown or expired {self._kind} handle")
+            self._entries[handle] = (now, entry[1])
+            return entry[1]
+
+    def remove(self, handle: bytes) -> V:
+        with self._lock:
+            entry = self._entries.pop(handle, None)
+        if entry is None:
+            raise NotFound(f"unknown or expired {self._kind} handle")
+        return entry[1]
+
+    def remove_if_present(self, handle: bytes) -> None:
+        with self._lock:
+            self._entries.pop(handle, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def _expire(self, now: float) -> None:
+        stale = [h for h, (used, _) in self._entries.items() if now - used > self._ttl_s]
+        for handle in stale:
+            del self._entries[handle]

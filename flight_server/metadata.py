@@ -1,0 +1,154 @@
+"""Catalog metadata commands: GetCatalogs, GetDbSchemas, GetTables, GetTableTypes, GetSqlInfo.
+
+Result schemas follow the Flight SQL spec exactly; JDBC reads columns by name.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+from catalog import NamespaceNotFound, TableIdent
+from engine import SqlEngine
+from engine.arrow_types import plain_schema
+from flight_server.generated import FlightSql_pb2 as sql
+from flight_server.sql_info import SCHEMA as SQL_INFO_SCHEMA
+from flight_server.sql_info import sql_info_batch
+
+TABLE_TYPE = "TABLE"
+
+CATALOGS_SCHEMA = pa.schema([pa.field("catalog_name", pa.string(), nullable=False)])
+DB_SCHEMAS_SCHEMA = pa.schema(
+    [pa.field("catalog_name", pa.string()), pa.field("db_schema_name", pa.string(), False)]
+)
+TABLES_SCHEMA = pa.schema(
+    [
+        pa.field("catalog_name", pa.string()),
+        pa.field("db_schema_name", pa.string()),
+        pa.field("table_name", pa.string(), False),
+        pa.field("table_type", pa.string(), False),
+    ]
+)
+TABLES_WITH_SCHEMA_SCHEMA = TABLES_SCHEMA.append(pa.field("table_schema", pa.binary(), False))
+TABLE_TYPES_SCHEMA = pa.schema([pa.field("table_type", pa.string(), False)])
+
+
+def like_matcher(pattern: str | None) -> re.Pattern[str] | None:
+    """A regex for a SQL LIKE pattern (`%` any run, `_` one character, `\\` escapes)."""
+    if pattern is None:
+        return None
+    parts: list[str] = []
+    escaped = False
+    for ch in pattern:
+        if escaped:
+            parts.append(re.escape(ch))
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == "%":
+            parts.append(".*")
+        elif ch == "_":
+            parts.append(".")
+        else:
+            parts.append(re.escape(ch))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _matches(matcher: re.Pattern[str] | None, value: str) -> bool:
+    return matcher is None or matcher.fullmatch(value) is not None
+
+
+class Metadata:
+    def __init__(self, engine: SqlEngine, server_version: str) -> None:
+        self._engine = engine
+        self._catalog_name = engine.config.catalog_name
+        self._server_version = server_version
+
+    def schema_for(self, command: object) -> pa.Schema:
+        if isinstance(command, sql.CommandGetSqlInfo):
+            return SQL_INFO_SCHEMA
+        if isinstance(command, sql.CommandGetCatalogs):
+            return CATALOGS_SCHEMA
+        if isinstance(command, sql.CommandGetDbSchemas):
+            return DB_SCHEMAS_SCHEMA
+        if isinstance(command, sql.CommandGetTables):
+            return TABLES_WITH_SCHEMA_SCHEMA if command.include_schema else TABLES_SCHEMA
+        if isinstance(command, sql.CommandGetTableTypes):
+            return TABLE_TYPES_SCHEMA
+        raise TypeError(f"not a metadata command: {type(command).__name__}")
+
+    def rows_for(self, command: object) -> pa.Table:
+        if isinstance(command, sql.CommandGetSqlInfo):
+            batch = sql_info_batch(command.info, self._server_version, read_only=True)
+            return pa.Table.from_batches([batch], SQL_INFO_SCHEMA)
+        if isinstance(command, sql.CommandGetCatalogs):
+            return pa.table({"catalog_name": [self._catalog_name]}, schema=CATALOGS_SCHEMA)
+        if isinstance(command, sql.CommandGetDbSchemas):
+            return self._db_schemas(command)
+        if isinstance(command, sql.CommandGetTables):
+            return self._tables(command)
+        if isinstance(command, sql.CommandGetTableTypes):
+            return pa.table({"table_type": [TABLE_TYPE]}, schema=TABLE_TYPES_SCHEMA)
+        raise TypeError(f"not a metadata command: {type(command).__name__}")
+
+    def _catalog_matches(self, command: sql.CommandGetDbSchemas | sql.CommandGetTables) -> bool:
+        return not command.HasField("catalog") or command.catalog == self._catalog_name
+
+    def _namespaces(self, pattern: str | None) -> list[str]:
+        matcher = like_matcher(pattern)
+        return [ns for ns in self._engine.catalog.list_namespaces() if _matches(matcher, ns)]
+
+    def _db_schemas(self, command: sql.CommandGetDbSchemas) -> pa.Table:
+        pattern = (
+            command.db_schema_filter_pattern
+            if command.HasField("db_schema_filter_pattern") else None
+        )
+        names = self._namespaces(pattern) if self._catalog_matches(command) else []
+        return pa.table(
+            {"catalog_name": [self._catalog_name] * len(names), "db_schema_name": names},
+            schema=DB_SCHEMAS_SCHEMA,
+        )
+
+    def _tables(self, command: sql.CommandGetTables) -> pa.Table:
+        schema = TABLES_WITH_SCHEMA_SCHEMA if command.include_schema else TABLES_SCHEMA
+        wanted_types = {t.upper() for t in command.table_types}
+        if not self._catalog_matches(command) or (wanted_types and TABLE_TYPE not in wanted_types):
+            return schema.empty_table()
+        schema_pattern = (
+            command.db_schema_filter_pattern
+            if command.HasField("db_schema_filter_pattern") else None
+        )
+        table_matcher = like_matcher(
+            command.table_name_filter_pattern
+            if command.HasField("table_name_filter_pattern") else None
+        )
+        rows: list[tuple[str, str]] = []
+        for namespace in self._namespaces(schema_pattern):
+            try:
+                names = self._engine.catalog.list_tables(namespace)
+            except NamespaceNotFound:
+                continue  # dropped while we listed
+            rows += [(namespace, n) for n in names if _matches(table_matcher, n)]
+        columns: dict[str, list[object]] = {
+            "catalog_name": [self._catalog_name] * len(rows),
+            "db_schema_name": [ns for ns, _ in rows],
+            "table_name": [name for _, name in rows],
+            "table_type": [TABLE_TYPE] * len(rows),
+        }
+        if command.include_schema:
+            columns["table_schema"] = [
+                plain_schema(self._engine.catalog.table_schema(TableIdent(ns, name)))
+                .serialize().to_pybytes()
+                for ns, name in rows
+            ]
+        return pa.table(columns, schema=schema)
+
+
+METADATA_COMMANDS = (
+    sql.CommandGetSqlInfo,
+    sql.CommandGetCatalogs,
+    sql.CommandGetDbSchemas,
+    sql.CommandGetTables,
+    sql.CommandGetTableTypes,
+)

@@ -1,0 +1,50 @@
+"""Runs inside a separate virtual environment with flightsql-dbapi and SQLAlchemy 1.4.
+
+Prints one JSON object of what it saw; the test in the main environment checks it.
+Its protobuf message names would clash with Krishiv's in one process, as they would
+for any outside client, hence the separate environment.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import sqlalchemy
+from flightsql import FlightSQLClient, connect
+
+
+def main(port: int, user: str, password: str) -> None:
+    seen: dict[str, object] = {}
+    client = FlightSQLClient(host="127.0.0.1", port=port, user=user, password=password,
+                             insecure=True)
+    conn = connect(client)
+    cursor = conn.cursor()
+    cursor.execute("SELECT n_name FROM tpch.nation WHERE n_regionkey = 3 ORDER BY n_name")
+    seen["plain"] = [row[0] for row in cursor.fetchall()]
+    cursor.execute("SELECT n_name FROM tpch.nation WHERE n_nationkey = ?", [5])
+    seen["parameter"] = [row[0] for row in cursor.fetchall()]
+    seen["description"] = [d[0] for d in cursor.description]
+    cursor.close()
+    conn.close()
+
+    engine = sqlalchemy.create_engine(
+        f"datafusion://{user}:{password}@127.0.0.1:{port}?insecure=true"
+    )
+    with engine.connect() as connection:
+        result = connection.execute(sqlalchemy.text(
+            "SELECT r_name, count(*) AS n FROM tpch.region JOIN tpch.nation "
+            "ON r_regionkey = n_regionkey GROUP BY r_name ORDER BY r_name"))
+        seen["sqlalchemy"] = [list(row) for row in result]
+        region = sqlalchemy.Table("region", sqlalchemy.MetaData(), schema="tpch",
+                                  autoload_with=connection)
+        seen["reflected_columns"] = [c.name for c in region.columns]
+        query = sqlalchemy.select(region.c.r_name).where(region.c.r_regionkey == 2)
+        seen["orm_select"] = [row[0] for row in connection.execute(query)]
+    inspector = sqlalchemy.inspect(engine)
+    seen["tables"] = sorted(inspector.get_table_names(schema="tpch"))
+    print(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2], sys.argv[3])

@@ -1,0 +1,80 @@
+"""Start and stop real `krishiv serve` processes on 127.0.0.1 for tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KRISHIV = str(Path(sys.executable).parent / "krishiv")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[str]
+    port: int
+    log_path: Path
+    token: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def uri(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def start_server(
+    warehouse: Path,
+    log_dir: Path,
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    token: str | None = None,
+    ready_timeout_s: float = 180.0,
+) -> RunningServer:
+    port = free_port()
+    log_path = log_dir / f"server-{port}.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("KRISHIV_")}
+    full_env.update(env or {})
+    command = [KRISHIV, "serve", "--port", str(port), "--warehouse", str(warehouse),
+               *(args or [])]
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, text=True
+        )
+    server = RunningServer(process, port, log_path, token)
+    wait_until_ready(server, ready_timeout_s)
+    return server
+
+
+def wait_until_ready(server: RunningServer, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
+        # Printed after the listening socket is bound.
+        if "serving Flight SQL" in server.log():
+            return
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"server not ready after {timeout_s} s:\n{server.log()}")

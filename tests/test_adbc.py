@@ -1,0 +1,143 @@
+"""The real ADBC Flight SQL driver against a running server."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import adbc_driver_flightsql.dbapi as flightsql
+import pyarrow as pa
+import pytest
+
+from tests.conftest import adbc_connect
+from tests.servers import RunningServer
+
+
+def test_simple_query(conn: flightsql.Connection) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) AS n FROM tpch.nation")
+        assert cur.fetchall() == [(25,)]
+
+
+def test_result_types_are_plain(conn: flightsql.Connection) -> None:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT n_name, n_nationkey, r_name FROM tpch.nation JOIN tpch.region "
+            "ON n_regionkey = r_regionkey ORDER BY n_nationkey LIMIT 3"
+        )
+        table = cur.fetch_arrow_table()
+    assert table.schema.field("n_name").type == pa.string()
+    assert table.schema.field("n_nationkey").type == pa.int64()
+    assert table.column("n_name").to_pylist() == ["ALGERIA", "ARGENTINA", "BRAZIL"]
+    assert table.column("r_name").to_pylist() == ["AFRICA", "AMERICA", "AMERICA"]
+
+
+def test_decimal_and_date_columns(conn: flightsql.Connection) -> None:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT o_totalprice, o_orderdate FROM tpch.orders ORDER BY o_orderkey LIMIT 1"
+        )
+        table = cur.fetch_arrow_table()
+    assert pa.types.is_decimal128(table.schema.field("o_totalprice").type)
+    assert table.schema.field("o_orderdate").type == pa.date32()
+
+
+@pytest.mark.parametrize(
+    ("sql", "params", "expected"),
+    [
+        ("SELECT n_name FROM tpch.nation WHERE n_nationkey = ?", (7,), [("GERMANY",)]),
+        ("SELECT count(*) FROM tpch.nation WHERE n_name LIKE ? AND n_regionkey = ?",
+         ("%A%", 0), [(4,)]),
+        ("SELECT ? + 1 AS x", (41,), [(42,)]),
+        ("SELECT n_name FROM tpch.nation WHERE n_name = ? -- why?\n", ("FRANCE",), [("FRANCE",)]),
+        ("SELECT 'is it?' AS q, n_nationkey FROM tpch.nation WHERE n_nationkey = ?", (1,),
+         [("is it?", 1)]),
+    ],
+)
+def test_bound_parameters(
+    conn: flightsql.Connection,
+    sql: str,
+    params: tuple[object, ...],
+    expected: list[tuple[object, ...]],
+) -> None:
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        assert cur.fetchall() == expected
+
+
+def test_prepared_statement_reused_with_new_parameters(conn: flightsql.Connection) -> None:
+    with conn.cursor() as cur:
+        names = []
+        for key in (0, 1, 2):
+            cur.execute("SELECT n_name FROM tpch.nation WHERE n_nationkey = ?", (key,))
+            names.append(cur.fetchone()[0])
+    assert names == ["ALGERIA", "ARGENTINA", "BRAZIL"]
+
+
+def test_large_result_streams_in_small_batches(conn: flightsql.Connection) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT * FROM tpch.lineitem")
+        reader = cur.fetch_record_batch()
+        rows = 0
+        for batch in reader:
+            assert batch.nbytes <= 5 * 1024 * 1024
+            rows += batch.num_rows
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM tpch.lineitem")
+        assert cur.fetchone()[0] == rows
+
+
+def test_get_info(conn: flightsql.Connection) -> None:
+    info = conn.adbc_get_info()
+    assert info["vendor_name"] == "Krishiv"
+    assert info["vendor_version"] == version("krishiv")
+    assert info["vendor_arrow_version"] == pa.__version__
+
+
+def test_get_objects_lists_catalog_schemas_and_tables(conn: flightsql.Connection) -> None:
+    objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
+    assert [o["catalog_name"] for o in objects] == ["krishiv"]
+    schemas = {s["db_schema_name"]: s for s in objects[0]["catalog_db_schemas"]}
+    assert {"tpch", "public"} <= set(schemas)
+    tables = {t["table_name"] for t in schemas["tpch"]["db_schema_tables"]}
+    assert tables == {"nation", "region", "part", "supplier", "partsupp", "customer", "orders",
+                      "lineitem"}
+
+
+def test_get_objects_with_columns_and_filters(conn: flightsql.Connection) -> None:
+    objects = conn.adbc_get_objects(
+        depth="all", db_schema_filter="tp%", table_name_filter="na_ion"
+    ).read_all().to_pylist()
+    schemas = objects[0]["catalog_db_schemas"]
+    assert [s["db_schema_name"] for s in schemas] == ["tpch"]
+    (table,) = schemas[0]["db_schema_tables"]
+    assert table["table_name"] == "nation"
+    columns = [c["column_name"] for c in table["table_columns"]]
+    assert columns == ["n_nationkey", "n_name", "n_regionkey", "n_comment"]
+
+
+def test_get_table_schema(conn: flightsql.Connection) -> None:
+    schema = conn.adbc_get_table_schema("region", db_schema_filter="tpch")
+    assert schema.names == ["r_regionkey", "r_name", "r_comment"]
+    assert schema.field("r_name").type == pa.string()
+    with conn.cursor() as cur:
+        cur.execute("SELECT * FROM tpch.region")
+        assert cur.fetch_arrow_table().schema.equals(schema)
+
+
+def test_get_table_types(conn: flightsql.Connection) -> None:
+    assert conn.adbc_get_table_types() == ["TABLE"]
+
+
+def test_basic_auth_login_through_adbc(server: RunningServer) -> None:
+    conn = flightsql.connect(
+        server.uri, db_kwargs={"username": "alice", "password": "wonderland"}
+    )
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 AS one")
+        assert cur.fetchall() == [(1,)]
+
+
+def test_second_rotation_token_accepted(server: RunningServer) -> None:
+    with adbc_connect(server, "second-token") as conn, conn.cursor() as cur:
+        cur.execute("SELECT 2")
+        assert cur.fetchall() == [(2,)]

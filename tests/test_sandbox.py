@@ -1,0 +1,133 @@
+"""Client SQL cannot touch server files or settings; runaway queries end cleanly."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import adbc_driver_manager
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+from flight_server.generated import FlightSql_pb2 as sql
+from tests.conftest import adbc_connect
+from tests.flight_raw import bearer, fetch
+from tests.servers import RunningServer, start_server
+
+CROSS_JOIN = ("SELECT count(*) FROM tpch.lineitem a, tpch.lineitem b "
+              "WHERE a.l_orderkey + b.l_orderkey > 5")
+BIG_AGGREGATE = "SELECT l_orderkey, array_agg(l_comment) FROM tpch.lineitem GROUP BY l_orderkey"
+
+
+@pytest.fixture(scope="module")
+def limited(demo_warehouse: Path, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[RunningServer]:
+    running = start_server(
+        demo_warehouse, tmp_path_factory.mktemp("limited"),
+        args=["--memory-limit", "2M", "--query-timeout", "2"],
+        env={"KRISHIV_COORDINATOR_BEARER_TOKEN": "limit-token"}, token="limit-token",
+    )
+    yield running
+    running.stop()
+
+
+def _query(server: RunningServer, text: str) -> object:
+    client = flight.connect(server.uri)
+    try:
+        return fetch(client, sql.CommandStatementQuery(query=text), bearer(server.token or ""))[1]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "CREATE EXTERNAL TABLE pw (line VARCHAR) STORED AS CSV LOCATION '/etc/passwd'",
+        "COPY (SELECT 1) TO '/tmp/krishiv-escape.csv'",
+        "SET datafusion.runtime.memory_limit = '100G'",
+        "SET datafusion.execution.batch_size = 1",
+        "CREATE TABLE t AS SELECT 1",
+        "INSERT INTO tpch.nation VALUES (99, 'X', 0, 'y')",
+        "DROP TABLE tpch.nation",
+    ],
+)
+def test_file_and_setting_statements_are_refused(server: RunningServer, statement: str) -> None:
+    with pytest.raises(flight.FlightUnauthorizedError) as err:
+        _query(server, statement)
+    message = str(err.value)
+    assert "not allowed" in message and "Traceback" not in message
+    assert not Path("/tmp/krishiv-escape.csv").exists()
+    assert _query(server, "SELECT count(*) AS n FROM tpch.nation").column(0).to_pylist() == [25]
+
+
+def test_url_tables_are_not_enabled(server: RunningServer) -> None:
+    with pytest.raises(KeyError) as err:
+        _query(server, "SELECT * FROM '/etc/passwd'")
+    assert "not found" in str(err.value)
+
+
+def test_bad_sql_is_invalid_argument(server: RunningServer) -> None:
+    with (
+        adbc_connect(server) as conn,
+        conn.cursor() as cur,
+        pytest.raises(adbc_driver_manager.Error) as err,
+    ):
+        cur.execute("SELEC 1")
+    assert err.value.status_code == adbc_driver_manager.AdbcStatusCode.INVALID_ARGUMENT
+    assert "SELEC" in str(err.value)
+    assert "Traceback" not in str(err.value)
+
+
+def test_unknown_table_is_not_found(server: RunningServer) -> None:
+    with (
+        adbc_connect(server) as conn,
+        conn.cursor() as cur,
+        pytest.raises(adbc_driver_manager.Error) as err,
+    ):
+        cur.execute("SELECT * FROM tpch.no_such_table")
+    assert err.value.status_code == adbc_driver_manager.AdbcStatusCode.NOT_FOUND
+    assert "no_such_table" in str(err.value)
+
+
+def test_malformed_command_is_invalid_argument(server: RunningServer) -> None:
+    client = flight.connect(server.uri)
+    with pytest.raises(pa.ArrowInvalid) as err:  # INVALID_ARGUMENT
+        client.get_flight_info(flight.FlightDescriptor.for_command(b"\x00garbage"),
+                               bearer(server.token or ""))
+    client.close()
+    assert "not a serialized google.protobuf.Any" in str(err.value)
+    assert "Traceback" not in str(err.value)
+
+
+def test_memory_limit_ends_query_and_server_keeps_serving(limited: RunningServer) -> None:
+    with pytest.raises(flight.FlightError) as err:
+        _query(limited, BIG_AGGREGATE)
+    message = str(err.value)
+    assert "memory limit" in message and "Traceback" not in message
+    assert _query(limited, "SELECT count(*) FROM tpch.region").column(0).to_pylist() == [5]
+
+
+def test_query_timeout_is_deadline_exceeded(limited: RunningServer) -> None:
+    started = time.monotonic()
+    with pytest.raises(flight.FlightTimedOutError, match="timeout of 2 s"):
+        _query(limited, CROSS_JOIN)
+    assert time.monotonic() - started < 10
+    assert _query(limited, "SELECT 1 AS one").column(0).to_pylist() == [1]
+
+
+def test_timed_out_query_frees_the_cpu(limited: RunningServer) -> None:
+    with pytest.raises(flight.FlightTimedOutError):
+        _query(limited, CROSS_JOIN)
+    time.sleep(1.0)  # in-flight batches finish within a second
+    cpu_before = _process_cpu(limited.process.pid)
+    time.sleep(2.0)
+    assert _process_cpu(limited.process.pid) - cpu_before < 0.3
+
+
+def _process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks

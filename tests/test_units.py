@@ -1,0 +1,98 @@
+"""Pure functions: placeholders, LIKE patterns, config parsing, type plainness."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from catalog import TableIdent
+from engine.arrow_types import conform_batch, plain_schema, split_batch
+from engine.parameters import bound_values, number_placeholders
+from engine.references import referenced_tables
+from flight_server.config import ConfigError, auth_config, parse_size, parse_users, split_tokens
+from flight_server.metadata import like_matcher
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("select ? , ?", "select $1 , $2"),
+        ("select '?', \"a?\" , ?", "select '?', \"a?\" , $1"),
+        ("select 'it''s ?' , ? -- ?\n, ?", "select 'it''s ?' , $1 -- ?\n, $2"),
+        ("/* ? */ select ?", "/* ? */ select $1"),
+        ("select $1", "select $1"),
+    ],
+)
+def test_number_placeholders(sql: str, expected: str) -> None:
+    assert number_placeholders(sql) == expected
+
+
+def test_bound_values_unwraps_dense_unions() -> None:
+    union = pa.UnionArray.from_dense(pa.array([1], pa.int8()), pa.array([0], pa.int32()),
+                                     [pa.array([], pa.int64()), pa.array(["x"])], ["i", "s"])
+    values = bound_values(pa.record_batch([union, pa.array([3])], names=["a", "b"]))
+    assert values == {"1": pa.scalar("x"), "2": pa.scalar(3)}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "yes", "no"),
+    [("tp%", ["tpch", "tp"], ["xtpch"]), ("na_ion", ["nation"], ["naion", "nat_ion"]),
+     ("a\\_b", ["a_b"], ["axb"]), ("%", ["", "anything"], [])],
+)
+def test_like_matcher(pattern: str, yes: list[str], no: list[str]) -> None:
+    matcher = like_matcher(pattern)
+    assert matcher is not None
+    assert all(matcher.fullmatch(v) for v in yes)
+    assert not any(matcher.fullmatch(v) for v in no)
+
+
+def test_split_tokens_and_users() -> None:
+    assert split_tokens("a, b\n# c\n\nd") == ["a", "b", "d"]
+    assert parse_users("u:p:w, v:q") == {"u": "p:w", "v": "q"}
+    with pytest.raises(ConfigError):
+        parse_users("nopassword")
+
+
+def test_auth_config_from_environment() -> None:
+    config = auth_config({"KRISHIV_COORDINATOR_BEARER_TOKENS": "a,b",
+                          "KRISHIV_COORDINATOR_BEARER_TOKEN": "c",
+                          "KRISHIV_COORDINATOR_AUTH_RELOAD_INTERVAL_SECS": "2.5"})
+    assert config.tokens == ("a", "b", "c") and config.reload_interval_s == 2.5
+    assert config.enabled
+    assert not auth_config({}).enabled
+    with pytest.raises(ConfigError):
+        auth_config({"KRISHIV_COORDINATOR_AUTH_RELOAD_INTERVAL_SECS": "soon"})
+
+
+def test_parse_size() -> None:
+    assert parse_size("512M") == 512 * 1024**2
+    assert parse_size("2GiB") == 2 * 1024**3
+    assert parse_size("1000") == 1000
+    with pytest.raises(ConfigError):
+        parse_size("lots")
+
+
+def test_plain_schema_and_conform() -> None:
+    schema = pa.schema([pa.field("s", pa.string_view()), pa.field("d", pa.decimal64(10, 2)),
+                        pa.field("l", pa.large_string(), nullable=False)])
+    plain = plain_schema(schema)
+    assert plain.types == [pa.string(), pa.decimal128(10, 2), pa.string()]
+    assert not plain.field("l").nullable
+    batch = pa.record_batch([pa.array(["a"], pa.string_view()),
+                             pa.array([1], pa.decimal64(10, 2)),
+                             pa.array(["b"], pa.large_string())], schema=schema)
+    assert conform_batch(batch, plain).schema.equals(plain)
+
+
+def test_split_batch_respects_byte_cap() -> None:
+    batch = pa.record_batch([pa.array(range(100_000), pa.int64())], names=["x"])
+    pieces = split_batch(batch, 100_000)
+    assert all(p.nbytes <= 100_000 for p in pieces)
+    assert sum(p.num_rows for p in pieces) == 100_000
+
+
+def test_referenced_tables() -> None:
+    found = referenced_tables(
+        'WITH c AS (SELECT 1) SELECT * FROM tpch.Nation n JOIN "Region" r ON true, c', "public")
+    assert TableIdent("tpch", "nation") in found
+    assert TableIdent("public", "Region") in found
