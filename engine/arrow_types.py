@@ -11,6 +11,8 @@ import pyarrow as pa
 
 
 def plain_type(dtype: pa.DataType) -> pa.DataType:
+    if pa.types.is_dictionary(dtype):
+        return plain_type(dtype.value_type)
     if pa.types.is_string_view(dtype) or pa.types.is_large_string(dtype):
         return pa.string()
     if pa.types.is_binary_view(dtype) or pa.types.is_large_binary(dtype):

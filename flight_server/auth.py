@@ -9,11 +9,9 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any
-
-import pyarrow.flight as flight
 
 from flight_server.config import AuthConfig, ConfigError, split_tokens
+from flight_server.errors import Unauthenticated
 
 log = logging.getLogger("krishiv.auth")
 
@@ -140,6 +138,27 @@ class Authenticator:
             self._issued[token] = now + self._issued_ttl_s
         return token
 
+    def authenticate(self, headers: dict[str, str]) -> tuple[str, list[tuple[str, str]]]:
+        """(identity, headers to send back) for a call's headers, or Unauthenticated.
+
+        A Basic login is answered with a fresh bearer token in the `authorization`
+        response header, which ADBC and JDBC clients then send on every call.
+        """
+        if not self.enabled:
+            return "anonymous", []
+        scheme, _, credential = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and self.accepts_bearer(credential.strip()):
+            return "token", []
+        if scheme.lower() == "basic":
+            pair = _decode_basic(credential)
+            token = self.login(*pair) if pair else None
+            if token and pair:
+                return f"user:{pair[0]}", [("authorization", f"Bearer {token}")]
+            raise Unauthenticated("invalid username or password")
+        if not scheme:
+            raise Unauthenticated("missing credentials: send 'authorization: Bearer <token>'")
+        raise Unauthenticated("invalid bearer token")
+
     def close(self) -> None:
         if self._file:
             self._file.close()
@@ -157,47 +176,3 @@ def _decode_basic(value: str) -> tuple[str, str] | None:
     return (username, password) if sep else None
 
 
-class _IssueToken(flight.ServerMiddleware):
-    def __init__(self, token: str | None) -> None:
-        self._token = token
-
-    def sending_headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self._token}"} if self._token else {}
-
-
-class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):
-    """Checks every call's `authorization` header; answers Basic logins with a token."""
-
-    def __init__(self, authenticator: Authenticator) -> None:
-        super().__init__()
-        self._auth = authenticator
-
-    def start_call(self, info: Any, headers: dict[str, list[str]]) -> flight.ServerMiddleware:
-        if not self._auth.enabled:
-            return _IssueToken(None)
-        values = headers.get("authorization") or headers.get("Authorization") or []
-        header = values[0] if values else ""
-        scheme, _, credential = header.partition(" ")
-        if scheme.lower() == "bearer" and self._auth.accepts_bearer(credential.strip()):
-            return _IssueToken(None)
-        if scheme.lower() == "basic":
-            pair = _decode_basic(credential)
-            token = self._auth.login(*pair) if pair else None
-            if token:
-                return _IssueToken(token)
-            raise flight.FlightUnauthenticatedError("invalid username or password")
-        if not header:
-            raise flight.FlightUnauthenticatedError(
-                "missing credentials: send 'authorization: Bearer <token>'"
-            )
-        raise flight.FlightUnauthenticatedError("invalid bearer token")
-
-
-class NoOpAuthHandler(flight.ServerAuthHandler):
-    """Lets Handshake succeed; the middleware above does the real checking."""
-
-    def authenticate(self, outgoing: Any, incoming: Any) -> None:
-        return None
-
-    def is_valid(self, token: bytes) -> str:
-        return ""

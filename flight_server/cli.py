@@ -23,7 +23,8 @@ from flight_server.config import (
     is_loopback,
     parse_size,
 )
-from flight_server.server import FlightSqlServer
+from flight_server.server import FlightSqlHandler
+from flight_server.transport import FlightService, TransportConfig, start_flight_server
 
 log = logging.getLogger("krishiv")
 
@@ -84,7 +85,7 @@ def serve(
         )
         config.validate()
         run_server(config)
-    except (ConfigError, DemoDataError) as exc:
+    except (ConfigError, DemoDataError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -112,12 +113,13 @@ def run_server(config: ServerConfig) -> None:
         catalog.create_namespace(config.engine.default_schema)
     engine = SqlEngine(catalog, config.engine)
     authenticator = Authenticator(config.auth)
-    server = FlightSqlServer(f"grpc://{config.host}:{config.port}", engine, authenticator)
+    service = FlightService(FlightSqlHandler(engine), authenticator.authenticate)
+    server, port = start_flight_server(service, config.host, config.port, TransportConfig())
     if not config.auth.enabled:
         where = "loopback only" if is_loopback(config.host) else "INSECURE, no auth"
         log.warning("no bearer tokens configured: serving without authentication (%s)", where)
-    log.info("Krishiv Flight SQL listening on grpc://%s:%d", config.host, server.port)
-    print(f"krishiv: serving Flight SQL on grpc://{config.host}:{server.port}", flush=True)
+    log.info("Krishiv Flight SQL listening on grpc://%s:%d", config.host, port)
+    print(f"krishiv: serving Flight SQL on grpc://{config.host}:{port}", flush=True)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -129,6 +131,7 @@ def run_server(config: ServerConfig) -> None:
     while not stop.wait(0.5):
         pass
     log.info("shutting down")
-    server.shutdown()
+    server.stop(grace=5).wait()
+    authenticator.close()
     engine.close()
     sys.exit(0)

@@ -13,6 +13,7 @@ from catalog import NamespaceNotFound, TableIdent
 from engine import SqlEngine
 from engine.arrow_types import plain_schema
 from flight_server.generated import FlightSql_pb2 as sql
+from flight_server.ipc import schema_bytes
 from flight_server.sql_info import SCHEMA as SQL_INFO_SCHEMA
 from flight_server.sql_info import sql_info_batch
 
@@ -138,8 +139,7 @@ class Metadata:
         }
         if command.include_schema:
             columns["table_schema"] = [
-                plain_schema(self._engine.catalog.table_schema(TableIdent(ns, name)))
-                .serialize().to_pybytes()
+                schema_bytes(plain_schema(self._engine.catalog.table_schema(TableIdent(ns, name))))
                 for ns, name in rows
             ]
         return pa.table(columns, schema=schema)

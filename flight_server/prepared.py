@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.flight as flight
 
 from engine import PlannedQuery, Session
 from flight_server.errors import InvalidArgument
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.handles import HandleStore
+from flight_server.ipc import PutStream, schema_bytes
 
 _PREPARED_TTL_S = 3600.0
 
@@ -39,15 +39,15 @@ class PreparedStatements:
         handle = self._statements.add(statement)
         return sql.ActionCreatePreparedStatementResult(
             prepared_statement_handle=handle,
-            dataset_schema=planned.schema.serialize().to_pybytes(),
-            parameter_schema=parameters.serialize().to_pybytes(),
+            dataset_schema=schema_bytes(planned.schema),
+            parameter_schema=schema_bytes(parameters),
         )
 
     def bind(
-        self, command: sql.CommandPreparedStatementQuery, reader: flight.MetadataRecordBatchReader
+        self, command: sql.CommandPreparedStatementQuery, upload: PutStream
     ) -> sql.DoPutPreparedStatementResult:
         statement = self._statements.get(command.prepared_statement_handle)
-        table = reader.read_all()
+        table = upload.read_all()
         if table.num_rows == 0:
             statement.parameters = None
         else:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, Message
 
 from flight_server.errors import InvalidArgument
+from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
+from flight_server.ipc import schema_bytes
 
 _TYPE_PREFIX = "type.googleapis.com/"
 
@@ -76,3 +79,22 @@ def parse_plain(cls: type[Message], payload: bytes) -> Message:
     except DecodeError:
         raise InvalidArgument(f"malformed {cls.DESCRIPTOR.name}") from None
     return message
+
+
+def command_of(descriptor: fpb.FlightDescriptor) -> Message:
+    if descriptor.type != fpb.FlightDescriptor.CMD:
+        raise InvalidArgument("only command descriptors are supported")
+    return unpack(descriptor.cmd)
+
+
+def flight_info(
+    schema: pa.Schema, descriptor: fpb.FlightDescriptor, ticket: bytes
+) -> fpb.FlightInfo:
+    """A FlightInfo with one endpoint on this server (no location: reuse the connection)."""
+    return fpb.FlightInfo(
+        schema=schema_bytes(schema),
+        flight_descriptor=descriptor,
+        endpoint=[fpb.FlightEndpoint(ticket=fpb.Ticket(ticket=ticket))],
+        total_records=-1,
+        total_bytes=-1,
+    )

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pyarrow as pa
-import pyarrow.flight as flight
 
-from engine import PlannedQuery, Session, SqlEngine
+from engine import PlannedQuery, SqlEngine
+from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.handles import HandleStore
-from flight_server.protocol import pack
+from flight_server.protocol import flight_info, pack
 
 _QUERY_TTL_S = 600.0
 
@@ -20,17 +20,11 @@ class Statements:
         self._engine = engine
         self._planned: HandleStore[PlannedQuery] = HandleStore("statement", _QUERY_TTL_S)
 
-    def flight_info(
-        self, query: PlannedQuery, descriptor: flight.FlightDescriptor
-    ) -> flight.FlightInfo:
+    def flight_info(self, query: PlannedQuery, descriptor: fpb.FlightDescriptor) -> fpb.FlightInfo:
         """Keep `query` for DoGet and describe its one endpoint on this server."""
         handle = self._planned.add(query)
-        ticket = flight.Ticket(pack(sql.TicketStatementQuery(statement_handle=handle)))
-        endpoint = flight.FlightEndpoint(ticket, [])
-        return flight.FlightInfo(query.schema, descriptor, [endpoint], -1, -1)
-
-    def plan(self, session: Session, command: sql.CommandStatementQuery) -> PlannedQuery:
-        return session.plan(command.query)
+        ticket = pack(sql.TicketStatementQuery(statement_handle=handle))
+        return flight_info(query.schema, descriptor, ticket)
 
     def stream(
         self, ticket: sql.TicketStatementQuery, is_cancelled: Callable[[], bool]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 
+import grpc
 import pyarrow as pa
 import pyarrow.flight as flight
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.protocol import pack
+
+_SERVICE = "/arrow.flight.protocol.FlightService"
 
 
 def bearer(token: str) -> flight.FlightCallOptions:
@@ -44,3 +48,27 @@ def create_prepared(client: flight.FlightClient, query: str, options: flight.Fli
     result = sql.ActionCreatePreparedStatementResult()
     assert wrapper.Unpack(result)
     return result
+
+
+def grpc_status_of_query(port: int, query: str, token: str) -> tuple[grpc.StatusCode, str]:
+    """The exact gRPC status of running `query` (GetFlightInfo, then DoGet) with grpcio."""
+    metadata = [("authorization", f"Bearer {token}")]
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        get_info = channel.unary_unary(f"{_SERVICE}/GetFlightInfo",
+                                       request_serializer=fpb.FlightDescriptor.SerializeToString,
+                                       response_deserializer=fpb.FlightInfo.FromString)
+        do_get = channel.unary_stream(f"{_SERVICE}/DoGet",
+                                      request_serializer=fpb.Ticket.SerializeToString,
+                                      response_deserializer=fpb.FlightData.FromString)
+        descriptor = fpb.FlightDescriptor(
+            type=fpb.FlightDescriptor.CMD, cmd=pack(sql.CommandStatementQuery(query=query)))
+        info = get_info(descriptor, metadata=metadata)
+        for endpoint in info.endpoint:
+            for _ in do_get(endpoint.ticket, metadata=metadata):
+                pass
+    except grpc.RpcError as err:
+        return err.code(), err.details() or ""
+    finally:
+        channel.close()
+    return grpc.StatusCode.OK, ""

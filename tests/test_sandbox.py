@@ -8,13 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import adbc_driver_manager
+import grpc
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
 from flight_server.generated import FlightSql_pb2 as sql
 from tests.conftest import adbc_connect
-from tests.flight_raw import bearer, fetch
+from tests.flight_raw import bearer, fetch, grpc_status_of_query
 from tests.servers import RunningServer, start_server
 
 CROSS_JOIN = ("SELECT count(*) FROM tpch.lineitem a, tpch.lineitem b "
@@ -40,6 +41,24 @@ def _query(server: RunningServer, text: str) -> object:
         return fetch(client, sql.CommandStatementQuery(query=text), bearer(server.token or ""))[1]
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "code", "message"),
+    [
+        ("SELEC 1", grpc.StatusCode.INVALID_ARGUMENT, "SELEC"),
+        ("SELECT * FROM tpch.nope", grpc.StatusCode.NOT_FOUND, "tpch.nope' not found"),
+        ("SELECT nope FROM tpch.nation", grpc.StatusCode.INVALID_ARGUMENT, "nope"),
+        ("COPY (SELECT 1) TO '/tmp/x.csv'", grpc.StatusCode.PERMISSION_DENIED, "not allowed"),
+    ],
+)
+def test_exact_status_codes(
+    server: RunningServer, query: str, code: grpc.StatusCode, message: str
+) -> None:
+    got_code, got_message = grpc_status_of_query(server.port, query, server.token or "")
+    assert got_code == code
+    assert message in got_message
+    assert "\n" not in got_message and "Traceback" not in got_message
 
 
 @pytest.mark.parametrize(
@@ -103,17 +122,18 @@ def test_malformed_command_is_invalid_argument(server: RunningServer) -> None:
 
 
 def test_memory_limit_ends_query_and_server_keeps_serving(limited: RunningServer) -> None:
-    with pytest.raises(flight.FlightError) as err:
-        _query(limited, BIG_AGGREGATE)
-    message = str(err.value)
-    assert "memory limit" in message and "Traceback" not in message
+    code, message = grpc_status_of_query(limited.port, BIG_AGGREGATE, limited.token or "")
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert message.startswith("query exceeded its memory limit")
+    assert "\n" not in message and "Traceback" not in message
     assert _query(limited, "SELECT count(*) FROM tpch.region").column(0).to_pylist() == [5]
 
 
 def test_query_timeout_is_deadline_exceeded(limited: RunningServer) -> None:
     started = time.monotonic()
-    with pytest.raises(flight.FlightTimedOutError, match="timeout of 2 s"):
-        _query(limited, CROSS_JOIN)
+    code, message = grpc_status_of_query(limited.port, CROSS_JOIN, limited.token or "")
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert message == "query exceeded the server's timeout of 2 s"
     assert time.monotonic() - started < 10
     assert _query(limited, "SELECT 1 AS one").column(0).to_pylist() == [1]
 

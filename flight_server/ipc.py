@@ -1,0 +1,105 @@
+"""Arrow IPC messages inside Flight's FlightData, encoded without extra copies of the body.
+
+FlightData carries an IPC message split in two: the flatbuffer header (field 2) and the
+body (field 1000). pyarrow writes encapsulated messages (continuation marker, length,
+header, body), which are cut apart here and framed by hand.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+
+import pyarrow as pa
+
+from flight_server.errors import InvalidArgument, Unimplemented
+from flight_server.generated import Flight_pb2 as fpb
+
+_CONTINUATION = b"\xff\xff\xff\xff"
+_HEADER_TAG = b"\x12"  # field 2, length-delimited
+_METADATA_TAG = b"\x1a"  # field 3, length-delimited
+_BODY_TAG = b"\xc2\x3e"  # field 1000, length-delimited
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _split(encapsulated: pa.Buffer) -> tuple[pa.Buffer, pa.Buffer]:
+    """(header, body) of an encapsulated IPC message."""
+    (length,) = struct.unpack_from("<i", encapsulated, 4)
+    return encapsulated.slice(8, length), encapsulated.slice(8 + length)
+
+
+def _frame(header: pa.Buffer, body: pa.Buffer | None, app_metadata: bytes = b"") -> bytes:
+    parts: list[bytes | pa.Buffer] = [_HEADER_TAG, _varint(header.size), header]
+    if app_metadata:
+        parts += [_METADATA_TAG, _varint(len(app_metadata)), app_metadata]
+    if body is not None and body.size:
+        parts += [_BODY_TAG, _varint(body.size), body]
+    return b"".join(parts)
+
+
+def schema_bytes(schema: pa.Schema) -> bytes:
+    """The encapsulated IPC schema message, as FlightInfo and SchemaResult carry it."""
+    return schema.serialize().to_pybytes()
+
+
+def encode_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Iterator[bytes]:
+    """Serialized FlightData messages: the schema, then one per batch."""
+    header, _ = _split(schema.serialize())
+    yield _frame(header, None)
+    for batch in batches:
+        header, body = _split(batch.serialize())
+        yield _frame(header, body)
+
+
+def _encapsulate(data: fpb.FlightData) -> pa.Buffer:
+    header = data.data_header
+    padding = b"\x00" * (-len(header) % 8)
+    prefix = _CONTINUATION + struct.pack("<i", len(header) + len(padding))
+    return pa.py_buffer(prefix + header + padding + data.data_body)
+
+
+class PutStream:
+    """The record batches of a DoPut upload, read lazily from the gRPC request stream."""
+
+    def __init__(self, messages: Iterator[fpb.FlightData]) -> None:
+        self._messages = messages
+        first = next(messages, None)
+        if first is None:
+            raise InvalidArgument("DoPut stream is empty")
+        self.descriptor = first.flight_descriptor
+        self.schema = self._read_schema(first)
+
+    @staticmethod
+    def _read_schema(first: fpb.FlightData) -> pa.Schema:
+        if not first.data_header:
+            raise InvalidArgument("DoPut must start with a schema message")
+        try:
+            return pa.ipc.read_schema(pa.ipc.read_message(_encapsulate(first)))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InvalidArgument(f"malformed schema in DoPut: {exc}") from None
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        for data in self._messages:
+            if not data.data_header:
+                continue  # metadata-only message
+            try:
+                message = pa.ipc.read_message(_encapsulate(data))
+                if message.type != "record batch":
+                    raise Unimplemented(f"DoPut {message.type} messages are not supported")
+                yield pa.ipc.read_record_batch(message, self.schema)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise InvalidArgument(f"malformed record batch in DoPut: {exc}") from None
+
+    def read_all(self) -> pa.Table:
+        return pa.Table.from_batches(list(self), schema=self.schema)
