@@ -43,6 +43,19 @@ def test_handshake_basic_issues_bearer_token(server: RunningServer) -> None:
     channel.close()
 
 
+def test_pyarrow_basic_token_login(server: RunningServer) -> None:
+    """The JDBC driver's connect: Handshake with Basic, then the issued bearer token."""
+    client = flight.connect(server.uri)
+    header = client.authenticate_basic_token("alice", "wonderland")
+    assert header[0] == b"authorization" and header[1].startswith(b"Bearer ")
+    options = flight.FlightCallOptions(headers=[header])
+    _, table = fetch(client, sql.CommandGetCatalogs(), options)
+    assert table.column("catalog_name").to_pylist() == ["krishiv"]
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        client.authenticate_basic_token("alice", "not-her-password")
+    client.close()
+
+
 def test_get_sql_info_all_ids(client: flight.FlightClient, server: RunningServer) -> None:
     info, table = fetch(client, sql.CommandGetSqlInfo(), bearer(server.token or ""))
     assert info.schema.equals(SQL_INFO_SCHEMA)

@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pyarrow.flight as flight
 import pytest
 
 from catalog import IcebergCatalog
+from flight_server.generated import FlightSql_pb2 as sql
+from flight_server.protocol import pack
 from tests.conftest import adbc_connect
+from tests.flight_raw import bearer, fetch
 from tests.reference import as_multiset, duckdb_over_catalog, tpch_queries
 from tests.servers import RunningServer
 
@@ -32,3 +36,19 @@ def test_tpch_query_matches_duckdb(
     assert as_multiset(got) == as_multiset(expected)
     if number in (1, 3, 10):  # fully ordered outputs: check the order too
         assert [r[0] for r in got] == [r[0] for r in expected]
+
+
+@pytest.mark.parametrize("number", [1, 7, 13, 18, 22])
+def test_flight_info_schema_equals_stream_schema(
+    number: int, server: RunningServer, duck: duckdb.DuckDBPyConnection
+) -> None:
+    """The schema promised by GetFlightInfo and GetSchema is what DoGet streams."""
+    client = flight.connect(server.uri)
+    options = bearer(server.token or "")
+    command = sql.CommandStatementQuery(query=tpch_queries(duck)[number])
+    info, table = fetch(client, command, options)
+    schema = client.get_schema(flight.FlightDescriptor.for_command(pack(command)), options).schema
+    client.close()
+    assert info.schema.equals(table.schema, check_metadata=True)
+    assert schema.equals(info.schema)
+    assert table.num_rows > 0
