@@ -40,7 +40,8 @@ def engine(catalog: Catalog) -> Iterator[SqlEngine]:
 
 def _rows(engine: SqlEngine, text: str) -> list[dict[str, object]]:
     query = engine.session().plan(text)
-    return pa.Table.from_batches(list(engine.stream(query, lambda: False)), query.schema).to_pylist()
+    batches = list(engine.stream(query, lambda: False))
+    return pa.Table.from_batches(batches, query.schema).to_pylist()
 
 
 def test_namespaces_and_tables(catalog: Catalog) -> None:

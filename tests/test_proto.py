@@ -20,4 +20,5 @@ def test_wire_names_and_numbers() -> None:
     assert [tables[n].number for n in ("catalog", "db_schema_filter_pattern",
                                        "table_name_filter_pattern", "table_types",
                                        "include_schema")] == [1, 2, 3, 4, 5]
-    assert sql.SQL_DDL_CATALOG == 500 and sql.SQL_STORED_FUNCTIONS_USING_CALL_SYNTAX_SUPPORTED == 576
+    assert sql.SQL_DDL_CATALOG == 500
+    assert sql.SQL_STORED_FUNCTIONS_USING_CALL_SYNTAX_SUPPORTED == 576
