@@ -105,12 +105,26 @@ def open_catalog(config: ServerConfig) -> Catalog:
     return IcebergCatalog.embedded(str(config.warehouse))
 
 
+def prepare_catalog(config: ServerConfig) -> Catalog:
+    """The opened catalog with demo data and default namespace, or a one-line ConfigError."""
+    where = config.catalog_uri or str(config.warehouse)
+    try:
+        catalog = open_catalog(config)
+        if config.demo:
+            load_tpch_demo(catalog, config.demo_scale, scratch=config.warehouse)
+        if not catalog.namespace_exists(config.engine.default_schema):
+            catalog.create_namespace(config.engine.default_schema)
+    except (ConfigError, DemoDataError):
+        raise
+    except Exception as exc:  # any backend failure at startup: say which catalog and why
+        log.debug("catalog startup failure", exc_info=True)
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ConfigError(f"cannot use the catalog at {where}: {detail}") from None
+    return catalog
+
+
 def run_server(config: ServerConfig) -> None:
-    catalog = open_catalog(config)
-    if config.demo:
-        load_tpch_demo(catalog, config.demo_scale, scratch=config.warehouse)
-    if not catalog.namespace_exists(config.engine.default_schema):
-        catalog.create_namespace(config.engine.default_schema)
+    catalog = prepare_catalog(config)
     engine = SqlEngine(catalog, config.engine)
     authenticator = Authenticator(config.auth)
     service = FlightService(FlightSqlHandler(engine), authenticator.authenticate)

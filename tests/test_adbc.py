@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 
 import adbc_driver_flightsql.dbapi as flightsql
+import adbc_driver_manager
 import pyarrow as pa
 import pytest
 
@@ -141,3 +143,34 @@ def test_second_rotation_token_accepted(server: RunningServer) -> None:
     with adbc_connect(server, "second-token") as conn, conn.cursor() as cur:
         cur.execute("SELECT 2")
         assert cur.fetchall() == [(2,)]
+
+
+def test_concurrent_clients_get_right_answers(server: RunningServer) -> None:
+    queries = {
+        "SELECT count(*) FROM tpch.lineitem": 60175,
+        "SELECT count(*) FROM tpch.orders WHERE o_orderstatus = 'F'": None,
+        "SELECT sum(c_custkey) FROM tpch.customer": 1500 * 1501 // 2,
+        "SELECT max(n_nationkey) FROM tpch.nation": 24,
+    }
+
+    def run(query: str) -> object:
+        with adbc_connect(server) as conn, conn.cursor() as cur:
+            cur.execute(query)
+            return cur.fetchone()[0]
+
+    baseline = {q: run(q) for q in queries}
+    for query, expected in queries.items():
+        if expected is not None:
+            assert baseline[query] == expected
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        work = [q for q in queries for _ in range(6)]
+        results = list(pool.map(run, work))
+    assert results == [baseline[q] for q in work]
+
+
+def test_parameter_of_wrong_type_is_invalid_argument(conn: flightsql.Connection) -> None:
+    with conn.cursor() as cur, pytest.raises(adbc_driver_manager.Error) as err:
+        cur.execute("SELECT n_name FROM tpch.nation WHERE n_nationkey = ?", ("not a number",))
+        cur.fetchall()
+    assert err.value.status_code == adbc_driver_manager.AdbcStatusCode.INVALID_ARGUMENT
+    assert "Traceback" not in str(err.value)
