@@ -109,3 +109,13 @@ def test_loopback_without_tokens_serves_and_warns(tmp_path: Path, demo_warehouse
         assert "serving without authentication (loopback only)" in running.log()
     finally:
         running.stop()
+
+
+def test_insecure_allows_non_loopback_without_tokens(tmp_path: Path, demo_warehouse: Path
+                                                     ) -> None:
+    running = start_server(demo_warehouse, tmp_path, args=["--host", "0.0.0.0", "--insecure"])
+    try:
+        _raw(running, flight.FlightCallOptions())  # reached on 127.0.0.1
+        assert "serving without authentication (INSECURE, no auth)" in running.log()
+    finally:
+        running.stop()
