@@ -5,6 +5,7 @@ from catalog.errors import (
     AlreadyExists,
     CatalogError,
     CatalogUnavailable,
+    InvalidData,
     NamespaceNotFound,
     TableNotFound,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "CatalogUnavailable",
     "IcebergCatalog",
     "InMemoryCatalog",
+    "InvalidData",
     "NamespaceNotFound",
     "TableIdent",
     "TableNotFound",

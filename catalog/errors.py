@@ -19,3 +19,7 @@ class AlreadyExists(CatalogError):
 
 class CatalogUnavailable(CatalogError):
     """The catalog backend (sqlite file, REST service) could not be reached."""
+
+
+class InvalidData(CatalogError):
+    """Rows that do not fit the table (types, NULL in a required column)."""

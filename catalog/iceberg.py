@@ -22,6 +22,7 @@ from pyiceberg.table import Table as IcebergTable
 
 from catalog.api import Catalog, TableIdent, TableScan
 from catalog.errors import AlreadyExists, NamespaceNotFound, TableNotFound
+from catalog.rows import fit_rows
 
 T = TypeVar("T")
 
@@ -111,10 +112,16 @@ class IcebergCatalog(Catalog):
 
     def create_table(self, ident: TableIdent, schema: pa.Schema) -> None:
         with _typed_errors():
-            self._backend.create_table((ident.namespace, ident.name), schema=schema)
+            self._backend.create_table((ident.namespace, ident.name),
+                                       schema=iceberg_arrow_schema(schema))
 
     def append(self, ident: TableIdent, rows: pa.Table) -> None:
-        self._with_table(ident, lambda table: table.append(rows))
+        """One atomic snapshot with `rows`, cast to the table's schema."""
+        table = self._load(ident)
+        target = table.schema().as_arrow()
+        fitted = fit_rows(rows, target)
+        with _typed_errors():
+            table.append(fitted)
 
     def drop_table(self, ident: TableIdent) -> None:
         with _typed_errors():
@@ -128,3 +135,30 @@ class IcebergCatalog(Catalog):
         table = self._load(ident)
         with _typed_errors():
             return action(table)
+
+
+def _iceberg_type(dtype: pa.DataType) -> pa.DataType:
+    """The nearest Arrow type Iceberg stores (it has no 8/16-bit ints, unsigned, ns time)."""
+    if pa.types.is_int8(dtype) or pa.types.is_int16(dtype) or pa.types.is_uint8(dtype) or (
+        pa.types.is_uint16(dtype)
+    ):
+        return pa.int32()
+    if pa.types.is_uint32(dtype) or pa.types.is_uint64(dtype):
+        return pa.int64()
+    if pa.types.is_float16(dtype):
+        return pa.float32()
+    if pa.types.is_timestamp(dtype):
+        return pa.timestamp("us", tz=dtype.tz)
+    if pa.types.is_time(dtype):
+        return pa.time64("us")
+    if pa.types.is_date64(dtype):
+        return pa.date32()
+    if pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
+        return pa.string()
+    if pa.types.is_large_binary(dtype) or pa.types.is_binary_view(dtype):
+        return pa.binary()
+    return dtype
+
+
+def iceberg_arrow_schema(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([pa.field(f.name, _iceberg_type(f.type), f.nullable) for f in schema])

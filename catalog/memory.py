@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from catalog.api import Catalog, TableIdent, TableScan
 from catalog.errors import AlreadyExists, NamespaceNotFound, TableNotFound
+from catalog.rows import fit_rows
 
 
 class InMemoryCatalog(Catalog):
@@ -60,7 +61,7 @@ class InMemoryCatalog(Catalog):
     def append(self, ident: TableIdent, rows: pa.Table) -> None:
         with self._lock:
             version, current = self._tables_entry_locked(ident)
-            combined = pa.concat_tables([current, rows.cast(current.schema)])
+            combined = pa.concat_tables([current, fit_rows(rows, current.schema)])
             self._tables[ident] = (version + 1, combined)
 
     def drop_table(self, ident: TableIdent) -> None:

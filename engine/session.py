@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pyarrow as pa
 from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionContext, SQLOptions
 from datafusion.catalog import Table
+from datafusion.plan import LogicalPlan
 
-from catalog import Catalog, CatalogError, NamespaceNotFound, TableIdent, TableNotFound
+from catalog import Catalog, NamespaceNotFound, TableIdent, TableNotFound
 from engine.arrow_types import conform_batch, plain_schema, split_batch
 from engine.bridge import DATAFUSION_SETTINGS, CatalogBridge, TableCache
 from engine.config import EngineConfig
-from engine.errors import (
-    EngineError,
-    InvalidQuery,
-    NotAllowed,
-    ObjectNotFound,
-    ResourceExhausted,
-)
 from engine.parameters import bound_values, number_placeholders, parameter_schema
 from engine.references import referenced_tables
 from engine.runner import StreamRunner
+from engine.statements import WriteStatement, classify
+from engine.translate import translated_errors
+from engine.writes import COUNT_SCHEMA, Writer, count_rows
 
 # Client SQL may only query: DDL, DML and SET would reach files and runtime settings.
 _READ_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
@@ -32,11 +27,12 @@ _READ_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow
 
 @dataclass
 class PlannedQuery:
-    """A planned, not yet executed, query and the schema its batches will have."""
+    """A query planned but not yet run (`frame`), or a finished write's result (`rows`)."""
 
     sql: str
-    frame: DataFrame
     schema: pa.Schema
+    frame: DataFrame | None = None
+    rows: pa.Table | None = None
 
 
 class SqlEngine:
@@ -84,6 +80,10 @@ class SqlEngine:
     def stream(
         self, query: PlannedQuery, is_cancelled: Callable[[], bool]
     ) -> Iterator[pa.RecordBatch]:
+        if query.rows is not None:
+            yield from query.rows.to_batches()
+            return
+        assert query.frame is not None
         batches = self._runner.batches(query.frame, self.config.query_timeout_s, is_cancelled)
         with translated_errors():
             for batch in batches:
@@ -104,14 +104,61 @@ class Session:
         self.engine = engine
         self.default_schema = default_schema
 
+    @staticmethod
+    def write_statement(sql: str) -> WriteStatement | None:
+        """The write `sql` is, or None for a query; writes run when planned."""
+        with translated_errors():
+            return classify(sql)
+
     def plan(self, sql: str, parameters: pa.RecordBatch | None = None) -> PlannedQuery:
+        """A read-only query, planned and not run."""
         text = number_placeholders(sql)
         values = bound_values(parameters)
         ctx = self._context_for(text)
         with translated_errors():
             frame = ctx.sql(text, options=_READ_ONLY, param_values=values or None)
             schema = plain_schema(frame.schema())
-        return PlannedQuery(sql=sql, frame=frame, schema=schema)
+        return PlannedQuery(sql=sql, schema=schema, frame=frame)
+
+    def execute(
+        self,
+        sql: str,
+        parameters: pa.RecordBatch | None = None,
+        is_cancelled: Callable[[], bool] = lambda: False,
+    ) -> PlannedQuery:
+        """Plan a query, or run a write now and return its row count as the result."""
+        statement = self.write_statement(sql)
+        if statement is None:
+            return self.plan(sql, parameters)
+        return PlannedQuery(sql=sql, schema=COUNT_SCHEMA,
+                            rows=count_rows(self.write(statement, sql, parameters, is_cancelled)))
+
+    def write(
+        self,
+        statement: WriteStatement,
+        sql: str,
+        parameters: pa.RecordBatch | None = None,
+        is_cancelled: Callable[[], bool] = lambda: False,
+    ) -> int:
+        """Run a write statement; the number of rows it wrote."""
+        text = number_placeholders(sql)
+        values = bound_values(parameters)
+
+        def collect(ctx: SessionContext, query: str | LogicalPlan,
+                    query_values: dict[str, object] | None) -> pa.Table:
+            with translated_errors():
+                if isinstance(query, str):
+                    frame = ctx.sql(query, options=_READ_ONLY, param_values=query_values or None)
+                else:
+                    frame = ctx.create_dataframe_from_logical_plan(query)
+                planned = PlannedQuery(sql=sql, schema=plain_schema(frame.schema()), frame=frame)
+            batches = list(self.engine.stream(planned, is_cancelled))
+            return pa.Table.from_batches(batches, schema=planned.schema)
+
+        writer = Writer(self.engine.config.catalog_name, self.default_schema,
+                        self.engine.catalog, lambda schema: self._context_for(text), collect)
+        with translated_errors():
+            return writer.run(statement, text, values)
 
     def parameter_schema(self, sql: str) -> pa.Schema:
         text = number_placeholders(sql)
@@ -123,43 +170,3 @@ class Session:
         with translated_errors():
             resolved = self.engine.resolve_tables(sql, self.default_schema)
         return self.engine.new_context(self.default_schema, resolved)
-
-
-@contextmanager
-def translated_errors() -> Iterator[None]:
-    """Turn DataFusion and catalog exceptions into typed engine errors."""
-    try:
-        yield
-    except EngineError:
-        raise
-    except (TableNotFound, NamespaceNotFound) as exc:
-        raise ObjectNotFound(str(exc)) from None
-    except CatalogError as exc:
-        raise InvalidQuery(str(exc)) from None
-    except Exception as exc:
-        raise classify_datafusion_error(exc) from None
-
-
-_PREFIXES = re.compile(
-    r"^(DataFusion error: |Error during planning: |SQL error: |Execution error: |"
-    r"Schema error: |Optimizer rule '[^']*' failed\s*(caused by)?\s*|Internal error: )+"
-)
-
-
-def one_line(message: str) -> str:
-    text = " ".join(message.split())
-    text = _PREFIXES.sub("", text)
-    return text[:500]
-
-
-def classify_datafusion_error(exc: Exception) -> EngineError:
-    message = one_line(str(exc))
-    lowered = message.lower()
-    if "resources exhausted" in lowered or ("memory" in lowered and "exhaust" in lowered):
-        return ResourceExhausted(f"query exceeded its memory limit: {message}")
-    if re.search(r"(ddl|dml|statement) not supported", lowered):
-        return NotAllowed(f"statement not allowed on this server: {message}")
-    if re.search(r"table '.*' not found|no table named|schema '.*' (does not exist|not found)",
-                 lowered):
-        return ObjectNotFound(message)
-    return InvalidQuery(message)

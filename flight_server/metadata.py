@@ -81,7 +81,7 @@ class Metadata:
 
     def rows_for(self, command: object) -> pa.Table:
         if isinstance(command, sql.CommandGetSqlInfo):
-            batch = sql_info_batch(command.info, self._server_version, read_only=True)
+            batch = sql_info_batch(command.info, self._server_version, read_only=False)
             return pa.Table.from_batches([batch], SQL_INFO_SCHEMA)
         if isinstance(command, sql.CommandGetCatalogs):
             return pa.table({"catalog_name": [self._catalog_name]}, schema=CATALOGS_SCHEMA)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -33,14 +34,19 @@ class PreparedStatements:
     def create(
         self, session: Session, request: sql.ActionCreatePreparedStatementRequest
     ) -> sql.ActionCreatePreparedStatementResult:
-        planned = session.plan(request.query)
-        parameters = session.parameter_schema(request.query)
-        statement = PreparedStatement(session, request.query, planned.schema, parameters)
+        if session.write_statement(request.query) is not None:
+            # Writes run at execution, never at prepare; an empty dataset schema tells
+            # the JDBC driver to execute through DoPut.
+            statement = PreparedStatement(session, request.query, pa.schema([]), pa.schema([]))
+        else:
+            planned = session.plan(request.query)
+            parameters = session.parameter_schema(request.query)
+            statement = PreparedStatement(session, request.query, planned.schema, parameters)
         handle = self._statements.add(statement)
         return sql.ActionCreatePreparedStatementResult(
             prepared_statement_handle=handle,
-            dataset_schema=schema_bytes(planned.schema),
-            parameter_schema=schema_bytes(parameters),
+            dataset_schema=schema_bytes(statement.dataset_schema),
+            parameter_schema=schema_bytes(statement.parameter_schema),
         )
 
     def bind(
@@ -61,9 +67,32 @@ class PreparedStatements:
             prepared_statement_handle=command.prepared_statement_handle
         )
 
-    def plan(self, command: sql.CommandPreparedStatementQuery) -> PlannedQuery:
+    def plan(
+        self, command: sql.CommandPreparedStatementQuery, is_cancelled: Callable[[], bool]
+    ) -> PlannedQuery:
+        """The query planned with its bound parameters, or a write run now."""
         statement = self._statements.get(command.prepared_statement_handle)
-        return statement.session.plan(statement.query, statement.parameters)
+        return statement.session.execute(statement.query, statement.parameters, is_cancelled)
+
+    def update(
+        self,
+        command: sql.CommandPreparedStatementUpdate,
+        upload: PutStream,
+        is_cancelled: Callable[[], bool],
+    ) -> int:
+        """Run a prepared write once per uploaded parameter row (once if none)."""
+        statement = self._statements.get(command.prepared_statement_handle)
+        write = statement.session.write_statement(statement.query)
+        if write is None:
+            raise InvalidArgument("a prepared query cannot be executed as an update")
+        rows = upload.read_all()
+        if rows.num_columns == 0 or rows.num_rows == 0:
+            bindings: list[pa.RecordBatch | None] = [statement.parameters]
+        else:
+            table = rows.combine_chunks()
+            bindings = [table.slice(i, 1).to_batches()[0] for i in range(table.num_rows)]
+        return sum(statement.session.write(write, statement.query, binding, is_cancelled)
+                   for binding in bindings)
 
     def close(self, request: sql.ActionClosePreparedStatementRequest) -> None:
         self._statements.remove(request.prepared_statement_handle)

@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 import pyarrow as pa
 
 from engine import PlannedQuery, SqlEngine
+from engine.writes import COUNT_SCHEMA
 from flight_server.errors import InvalidArgument, Unimplemented
 from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
@@ -50,13 +51,14 @@ class FlightSqlHandler:
         self._prepared = PreparedStatements()
         self._metadata = Metadata(engine, server_version())
 
-    def _plan(self, command: object) -> PlannedQuery:
+    def _plan(self, call: Call, command: object) -> PlannedQuery:
+        """A planned query; a write (DDL/DML) runs here, at planning, never at DoGet."""
         if isinstance(command, sql.CommandStatementQuery):
             if command.HasField("transaction_id"):
                 raise Unimplemented("transactions are not supported")
-            return self.engine.session().plan(command.query)
+            return self.engine.session().execute(command.query, None, call.is_cancelled)
         if isinstance(command, sql.CommandPreparedStatementQuery):
-            return self._prepared.plan(command)
+            return self._prepared.plan(command, call.is_cancelled)
         raise Unimplemented(f"{type(command).__name__} is not supported by this server")
 
     def get_flight_info(self, call: Call, descriptor: fpb.FlightDescriptor) -> fpb.FlightInfo:
@@ -64,13 +66,18 @@ class FlightSqlHandler:
         if isinstance(command, METADATA_COMMANDS):
             # A metadata command is its own ticket.
             return flight_info(self._metadata.schema_for(command), descriptor, descriptor.cmd)
-        return self._statements.flight_info(self._plan(command), descriptor)
+        return self._statements.flight_info(self._plan(call, command), descriptor)
 
     def get_schema(self, call: Call, descriptor: fpb.FlightDescriptor) -> pa.Schema:
         command = command_of(descriptor)
         if isinstance(command, METADATA_COMMANDS):
             return self._metadata.schema_for(command)
-        return self._plan(command).schema
+        if isinstance(command, sql.CommandStatementQuery):
+            session = self.engine.session()
+            if session.write_statement(command.query) is not None:
+                return COUNT_SCHEMA  # describing a write must not run it
+            return session.plan(command.query).schema
+        return self._plan(call, command).schema
 
     def do_get(self, call: Call, ticket: bytes) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         command = unpack(ticket)
@@ -83,13 +90,28 @@ class FlightSqlHandler:
 
     def do_put(self, call: Call, upload: PutStream) -> Iterator[bytes]:
         command = command_of(upload.descriptor)
+        # DoPut results travel as plain messages, not wrapped in Any.
         if isinstance(command, sql.CommandPreparedStatementQuery):
-            # DoPut results travel as plain messages, not wrapped in Any.
             yield self._prepared.bind(command, upload).SerializeToString()
-            return
-        raise Unimplemented(
-            f"{type(command).__name__} is not supported: this server is read-only for now"
-        )
+        elif isinstance(command, sql.CommandStatementUpdate):
+            yield self._statement_update(call, command).SerializeToString()
+        elif isinstance(command, sql.CommandPreparedStatementUpdate):
+            count = self._prepared.update(command, upload, call.is_cancelled)
+            yield sql.DoPutUpdateResult(record_count=count).SerializeToString()
+        else:
+            raise Unimplemented(f"{type(command).__name__} is not supported by this server")
+
+    def _statement_update(
+        self, call: Call, command: sql.CommandStatementUpdate
+    ) -> sql.DoPutUpdateResult:
+        if command.HasField("transaction_id"):
+            raise Unimplemented("transactions are not supported")
+        session = self.engine.session()
+        statement = session.write_statement(command.query)
+        if statement is None:
+            raise InvalidArgument("CommandStatementUpdate takes DDL or DML, not a query")
+        count = session.write(statement, command.query, None, call.is_cancelled)
+        return sql.DoPutUpdateResult(record_count=count)
 
     def do_action(self, call: Call, kind: str, body: bytes) -> Iterator[bytes]:
         if kind == CREATE_PREPARED:

@@ -65,7 +65,7 @@ def test_get_sql_info_all_ids(client: flight.FlightClient, server: RunningServer
     values = dict(zip(table.column("info_name").to_pylist(), table.column("value").to_pylist(),
                       strict=True))
     assert values[sql.FLIGHT_SQL_SERVER_NAME] == "Krishiv"
-    assert values[sql.FLIGHT_SQL_SERVER_READ_ONLY] is True
+    assert values[sql.FLIGHT_SQL_SERVER_READ_ONLY] is False
     assert values[sql.FLIGHT_SQL_SERVER_TRANSACTION] == sql.SQL_SUPPORTED_TRANSACTION_NONE
     assert values[sql.SQL_IDENTIFIER_QUOTE_CHAR] == '"'
     assert isinstance(values[sql.SQL_KEYWORDS], list)
@@ -79,7 +79,7 @@ def test_get_sql_info_selected_ids(client: flight.FlightClient, server: RunningS
     assert table.column("info_name").to_pylist() == sorted(wanted)
     assert dict(zip(table.column("info_name").to_pylist(), table.column("value").to_pylist(),
                     strict=True)) == {sql.FLIGHT_SQL_SERVER_ARROW_VERSION: pa.__version__,
-                                      sql.SQL_DDL_TABLE: False}
+                                      sql.SQL_DDL_TABLE: True}
 
 
 def test_metadata_browse_like_dbeaver(client: flight.FlightClient, server: RunningServer) -> None:

@@ -1,0 +1,170 @@
+"""Runs CREATE/DROP TABLE, CTAS, INSERT and CREATE/DROP SCHEMA against the catalog.
+
+Each write is one catalog commit (an Iceberg snapshot): the rows are computed first and
+a failure before the commit leaves every table as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyarrow as pa
+from datafusion import SessionContext, SQLOptions
+from datafusion.plan import LogicalPlan
+
+from catalog import AlreadyExists, Catalog, NamespaceNotFound, TableIdent, TableNotFound
+from engine.arrow_types import plain_schema
+from engine.errors import InvalidQuery, NotSupported, ObjectNotFound
+from engine.statements import WriteKind, WriteStatement
+from engine.translate import classify_datafusion_error
+
+COUNT_SCHEMA = pa.schema([pa.field("count", pa.int64(), nullable=False)])
+
+_DML_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(True).with_allow_statements(False)
+_SCRATCH = "krishiv_scratch_table"
+
+
+def count_rows(n: int) -> pa.Table:
+    return pa.table({"count": pa.array([n], pa.int64())}, schema=COUNT_SCHEMA)
+
+
+class Writer:
+    """Executes one session's write statements.
+
+    `collect(ctx, query, values)` is supplied by the session: it runs a query (SQL text
+    or a DataFusion plan) under the server's limits and returns its rows.
+    """
+
+    def __init__(
+        self,
+        catalog_name: str,
+        default_schema: str,
+        catalog: Catalog,
+        new_context: Callable[[str], SessionContext],
+        collect: Callable[[SessionContext, str | LogicalPlan, dict[str, object] | None],
+                          pa.Table],
+    ) -> None:
+        self._catalog_name = catalog_name
+        self._default_schema = default_schema
+        self._catalog = catalog
+        self._new_context = new_context
+        self._collect = collect
+
+    # -- names ------------------------------------------------------------------------
+    def table_ident(self, parts: tuple[str, ...]) -> TableIdent:
+        if len(parts) == 1:
+            return TableIdent(self._default_schema, parts[0])
+        if len(parts) == 2:
+            return TableIdent(parts[0], parts[1])
+        if len(parts) == 3 and parts[0] == self._catalog_name:
+            return TableIdent(parts[1], parts[2])
+        raise ObjectNotFound(f"no catalog or table named {'.'.join(parts)}")
+
+    def namespace(self, parts: tuple[str, ...]) -> str:
+        if len(parts) == 1:
+            return parts[0]
+        if len(parts) == 2 and parts[0] == self._catalog_name:
+            return parts[1]
+        raise ObjectNotFound(f"no catalog or schema named {'.'.join(parts)}")
+
+    # -- statements -------------------------------------------------------------------
+    def run(self, statement: WriteStatement, sql: str, values: dict[str, object] | None) -> int:
+        """Execute `statement`; the number of rows written (0 for DDL)."""
+        kind = statement.kind
+        if kind is WriteKind.INSERT:
+            return self._insert(sql, values)
+        if kind is WriteKind.CREATE_TABLE_AS:
+            return self._create_table_as(statement, values)
+        if kind is WriteKind.CREATE_TABLE:
+            self._create_table(statement)
+        elif kind is WriteKind.DROP_TABLE:
+            self._drop_table(statement)
+        elif kind is WriteKind.CREATE_SCHEMA:
+            self._create_schema(statement)
+        elif kind is WriteKind.DROP_SCHEMA:
+            self._drop_schema(statement)
+        return 0
+
+    def _create_table(self, statement: WriteStatement) -> None:
+        ident = self.table_ident(statement.name)
+        if self._exists(ident, statement):
+            return
+        schema = self._schema_of_columns(statement.body)
+        self._catalog.create_table(ident, schema)
+
+    def _schema_of_columns(self, columns: str) -> pa.Schema:
+        """Arrow schema of a column list, typed by DataFusion in a scratch context."""
+        scratch = SessionContext()
+        try:
+            scratch.sql(f"CREATE TABLE {_SCRATCH} {columns}")
+        except Exception as exc:
+            raise InvalidQuery(f"bad column definitions: {_first_line(exc)}") from None
+        return plain_schema(scratch.table(_SCRATCH).schema())
+
+    def _create_table_as(self, statement: WriteStatement, values: dict[str, object] | None
+                         ) -> int:
+        ident = self.table_ident(statement.name)
+        if self._exists(ident, statement):
+            return 0
+        ctx = self._new_context(self._default_schema)
+        rows = self._collect(ctx, statement.body, values)
+        self._catalog.create_table(ident, rows.schema)
+        try:
+            self._catalog.append(ident, rows)
+        except BaseException:
+            self._catalog.drop_table(ident)
+            raise
+        return rows.num_rows
+
+    def _insert(self, sql: str, values: dict[str, object] | None) -> int:
+        ctx = self._new_context(self._default_schema)
+        try:
+            frame = ctx.sql(sql, options=_DML_ONLY, param_values=values or None)
+        except Exception as exc:
+            raise classify_datafusion_error(exc) from None
+        node = frame.logical_plan().to_variant()
+        if type(node).__name__ != "DmlStatement" or "Append" not in str(node.op()):
+            raise NotSupported("only INSERT INTO ... VALUES/SELECT is supported")
+        ident = self.table_ident(tuple(str(node.table_name()).split(".")))
+        raw_input = node.input()
+        source = LogicalPlan(raw_input[0] if isinstance(raw_input, list) else raw_input)
+        rows = self._collect(ctx, source, None)
+        self._catalog.append(ident, rows)
+        return rows.num_rows
+
+    def _drop_table(self, statement: WriteStatement) -> None:
+        ident = self.table_ident(statement.name)
+        try:
+            self._catalog.drop_table(ident)
+        except (TableNotFound, NamespaceNotFound):
+            if not statement.if_exists:
+                raise
+
+    def _create_schema(self, statement: WriteStatement) -> None:
+        try:
+            self._catalog.create_namespace(self.namespace(statement.name))
+        except AlreadyExists:
+            if not statement.if_exists:
+                raise
+
+    def _drop_schema(self, statement: WriteStatement) -> None:
+        namespace = self.namespace(statement.name)
+        try:
+            if statement.cascade:
+                for name in self._catalog.list_tables(namespace):
+                    self._catalog.drop_table(TableIdent(namespace, name))
+            self._catalog.drop_namespace(namespace)
+        except NamespaceNotFound:
+            if not statement.if_exists:
+                raise
+
+    def _exists(self, ident: TableIdent, statement: WriteStatement) -> bool:
+        if not self._catalog.table_exists(ident):
+            return False
+        if statement.if_exists:
+            return True
+        raise AlreadyExists(f"table {ident} already exists")
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]

@@ -1,0 +1,224 @@
+"""DDL and DML on Iceberg tables through every Flight SQL path, and atomic failures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import adbc_driver_flightsql.dbapi as flightsql
+import adbc_driver_manager
+import grpc
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+from flight_server.generated import FlightSql_pb2 as sql
+from flight_server.protocol import pack
+from tests.conftest import adbc_connect
+from tests.flight_raw import action, bearer, create_prepared, fetch, grpc_status_of_query
+from tests.servers import RunningServer, start_server
+
+TOKEN = "writer-token"
+
+
+@pytest.fixture(scope="module")
+def write_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server on its own warehouse: these tests change tables."""
+    root = tmp_path_factory.mktemp("writes")
+    running = start_server(root / "warehouse", root, args=["--demo"],
+                           env={"KRISHIV_COORDINATOR_BEARER_TOKEN": TOKEN}, token=TOKEN)
+    yield running
+    running.stop()
+
+
+@pytest.fixture()
+def wconn(write_server: RunningServer) -> Iterator[flightsql.Connection]:
+    connection = adbc_connect(write_server)
+    yield connection
+    connection.close()
+
+
+def _one(conn: flightsql.Connection, query: str) -> object:
+    with conn.cursor() as cur:
+        cur.execute(query)
+        return cur.fetchone()[0]
+
+
+def _run(conn: flightsql.Connection, statement: str) -> list[tuple[object, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(statement)
+        return cur.fetchall()
+
+
+def test_ddl_and_dml_through_adbc(wconn: flightsql.Connection) -> None:
+    assert _run(wconn, "CREATE SCHEMA shop") == [(0,)]
+    _run(wconn, "CREATE TABLE shop.items (id BIGINT NOT NULL, name VARCHAR, price DECIMAL(10,2))")
+    assert _run(wconn, "INSERT INTO shop.items VALUES (1, 'pen', 1.50), (2, NULL, 2.25)") == [(2,)]
+    assert _run(wconn, "INSERT INTO shop.items SELECT n_nationkey + 100, n_name, 0.10 "
+                       "FROM tpch.nation WHERE n_regionkey = 0") == [(5,)]
+    with wconn.cursor() as cur:
+        cur.execute("SELECT count(*) AS n, CAST(sum(price) AS DOUBLE) AS s, count(name) AS c "
+                    "FROM shop.items")
+        assert cur.fetchall() == [(7, 4.25, 6)]
+    schema = wconn.adbc_get_table_schema("items", db_schema_filter="shop")
+    assert schema.names == ["id", "name", "price"]
+    assert not schema.field("id").nullable
+    _run(wconn, "DROP TABLE shop.items")
+    _run(wconn, "DROP SCHEMA shop")
+    schemas = wconn.adbc_get_objects(depth="db_schemas").read_all().to_pylist()
+    assert "shop" not in [s["db_schema_name"] for s in schemas[0]["catalog_db_schemas"]]
+
+
+def test_create_table_as_select(wconn: flightsql.Connection) -> None:
+    expected = _one(wconn, "SELECT count(*) FROM tpch.orders WHERE o_orderstatus = 'F'")
+    created = _run(wconn, "CREATE TABLE tpch.finished AS SELECT o_orderkey, o_totalprice "
+                          "FROM tpch.orders WHERE o_orderstatus = 'F'")
+    assert created == [(expected,)]
+    assert _one(wconn, "SELECT count(*) FROM tpch.finished") == expected
+    assert _run(wconn, "CREATE TABLE IF NOT EXISTS tpch.finished AS SELECT 1 AS x") == [(0,)]
+    _run(wconn, "DROP TABLE tpch.finished")
+    assert _run(wconn, "DROP TABLE IF EXISTS tpch.finished") == [(0,)]
+
+
+def test_failed_writes_leave_tables_unchanged(
+    wconn: flightsql.Connection, write_server: RunningServer
+) -> None:
+    _run(wconn, "CREATE TABLE public.strict (id BIGINT NOT NULL, v INT)")
+    _run(wconn, "INSERT INTO public.strict VALUES (1, 10), (2, 20)")
+    failing = [
+        ("INSERT INTO public.strict VALUES (3, 30), (NULL, 40)", grpc.StatusCode.INVALID_ARGUMENT),
+        ("INSERT INTO public.strict SELECT 5, 10 / (n_nationkey - 3) FROM tpch.nation",
+         grpc.StatusCode.INVALID_ARGUMENT),
+        ("INSERT INTO public.strict VALUES (1)", grpc.StatusCode.INVALID_ARGUMENT),
+        ("INSERT INTO public.nowhere VALUES (1, 1)", grpc.StatusCode.NOT_FOUND),
+        ("CREATE TABLE public.strict (a INT)", grpc.StatusCode.ALREADY_EXISTS),
+        ("CREATE TABLE public.broken AS SELECT 1 / (n_nationkey - 3) FROM tpch.nation",
+         grpc.StatusCode.INVALID_ARGUMENT),
+        ("DROP TABLE public.never_was", grpc.StatusCode.NOT_FOUND),
+        ("CREATE TABLE public.bad (a NOSUCHTYPE)", grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    for statement, code in failing:
+        got, message = grpc_status_of_query(write_server.port, statement, TOKEN)
+        assert got == code, (statement, got, message)
+        assert message and "\n" not in message and "Traceback" not in message
+    assert _run(wconn, "SELECT id, v FROM public.strict ORDER BY id") == [(1, 10), (2, 20)]
+    tables = wconn.adbc_get_objects(depth="tables", db_schema_filter="public").read_all()
+    names = [t["table_name"] for t in tables.to_pylist()[0]["catalog_db_schemas"][0]
+             ["db_schema_tables"]]
+    assert "broken" not in names and "bad" not in names
+    _run(wconn, "DROP TABLE public.strict")
+
+
+def test_statement_update_via_do_put(write_server: RunningServer) -> None:
+    client = flight.connect(write_server.uri)
+    options = bearer(TOKEN)
+
+    def update(query: str) -> int:
+        command = sql.CommandStatementUpdate(query=query)
+        writer, reader = client.do_put(
+            flight.FlightDescriptor.for_command(pack(command)), pa.schema([]), options)
+        writer.done_writing()
+        metadata = reader.read()
+        writer.close()  # raises the call's error status, if any
+        return sql.DoPutUpdateResult.FromString(metadata.to_pybytes()).record_count
+
+    assert update("CREATE TABLE public.log (id INT, msg VARCHAR)") == 0
+    assert update("INSERT INTO public.log VALUES (1, 'a'), (2, 'b'), (3, 'c')") == 3
+    with pytest.raises(pa.ArrowInvalid, match="takes DDL or DML"):
+        update("SELECT 1")
+    _, table = fetch(client, sql.CommandStatementQuery(query="SELECT count(*) AS n FROM "
+                                                             "public.log"), options)
+    assert table.column("n").to_pylist() == [3]
+    assert update("DROP TABLE public.log") == 0
+    client.close()
+
+
+def test_jdbc_style_prepared_update(write_server: RunningServer) -> None:
+    """The JDBC driver prepares everything; an empty dataset schema sends it to DoPut."""
+    client = flight.connect(write_server.uri)
+    options = bearer(TOKEN)
+    for ddl in ("CREATE TABLE public.people (id BIGINT, name VARCHAR)",):
+        prepared = create_prepared(client, ddl, options)
+        assert pa.ipc.read_schema(pa.py_buffer(prepared.dataset_schema)).names == []
+        command = sql.CommandPreparedStatementUpdate(
+            prepared_statement_handle=prepared.prepared_statement_handle)
+        writer, reader = client.do_put(flight.FlightDescriptor.for_command(pack(command)),
+                                       pa.schema([]), options)
+        writer.done_writing()
+        assert sql.DoPutUpdateResult.FromString(reader.read().to_pybytes()).record_count == 0
+        writer.close()
+    prepared = create_prepared(client, "INSERT INTO public.people VALUES (?, ?)", options)
+    command = sql.CommandPreparedStatementUpdate(
+        prepared_statement_handle=prepared.prepared_statement_handle)
+    params = pa.record_batch([pa.array([1, 2, 3], pa.int64()), pa.array(["ann", "bo", None])],
+                             names=["$1", "$2"])
+    writer, reader = client.do_put(flight.FlightDescriptor.for_command(pack(command)),
+                                   params.schema, options)
+    writer.write_batch(params)
+    writer.done_writing()
+    assert sql.DoPutUpdateResult.FromString(reader.read().to_pybytes()).record_count == 3
+    writer.close()
+    action(client, "ClosePreparedStatement", sql.ActionClosePreparedStatementRequest(
+        prepared_statement_handle=prepared.prepared_statement_handle), options)
+    _, table = fetch(client, sql.CommandStatementQuery(
+        query="SELECT id, name FROM public.people ORDER BY id"), options)
+    assert table.to_pylist() == [{"id": 1, "name": "ann"}, {"id": 2, "name": "bo"},
+                                 {"id": 3, "name": None}]
+    client.close()
+
+
+def test_adbc_executemany(wconn: flightsql.Connection) -> None:
+    _run(wconn, "CREATE TABLE public.pairs (k BIGINT, v VARCHAR)")
+    with wconn.cursor() as cur:
+        cur.executemany("INSERT INTO public.pairs VALUES (?, ?)", [(1, "x"), (2, "y"), (3, "z")])
+    assert _run(wconn, "SELECT k, v FROM public.pairs ORDER BY k") == [(1, "x"), (2, "y"),
+                                                                        (3, "z")]
+    _run(wconn, "DROP TABLE public.pairs")
+
+
+def test_ddl_runs_at_get_flight_info_not_do_get(write_server: RunningServer,
+                                                wconn: flightsql.Connection) -> None:
+    client = flight.connect(write_server.uri)
+    options = bearer(TOKEN)
+    command = sql.CommandStatementQuery(query="CREATE TABLE public.eager (a INT)")
+    descriptor = flight.FlightDescriptor.for_command(pack(command))
+    schema = client.get_schema(descriptor, options).schema
+    assert schema.names == ["count"]
+    tables = wconn.adbc_get_objects(depth="tables", db_schema_filter="public").read_all()
+    assert "eager" not in str(tables.to_pylist())  # GetSchema did not run it
+    client.get_flight_info(descriptor, options)  # no DoGet
+    tables = wconn.adbc_get_objects(depth="tables", db_schema_filter="public").read_all()
+    assert "eager" in str(tables.to_pylist())
+    client.close()
+    _run(wconn, "DROP TABLE public.eager")
+
+
+def test_new_table_visible_to_other_connections(write_server: RunningServer) -> None:
+    with adbc_connect(write_server) as first, adbc_connect(write_server) as second:
+        _run(first, "CREATE TABLE public.shared AS SELECT 42 AS answer")
+        assert _one(second, "SELECT answer FROM public.shared") == 42
+        _run(second, "INSERT INTO public.shared VALUES (43)")
+        assert _one(first, "SELECT max(answer) FROM public.shared") == 43
+        _run(first, "DROP TABLE public.shared")
+
+
+def test_writes_survive_restart(tmp_path: Path) -> None:
+    warehouse = tmp_path / "warehouse"
+    first = start_server(warehouse, tmp_path)
+    try:
+        with adbc_connect(first) as conn:
+            _run(conn, "CREATE TABLE public.kept AS SELECT 7 AS seven")
+    finally:
+        first.stop()
+    second = start_server(warehouse, tmp_path)
+    try:
+        with adbc_connect(second) as conn:
+            assert _one(conn, "SELECT seven FROM public.kept") == 7
+    finally:
+        second.stop()
+
+
+def test_adbc_error_codes_for_writes(wconn: flightsql.Connection) -> None:
+    with wconn.cursor() as cur, pytest.raises(adbc_driver_manager.Error) as err:
+        cur.execute("CREATE TABLE tpch.nation (a INT)")
+    assert err.value.status_code == adbc_driver_manager.AdbcStatusCode.ALREADY_EXISTS
