@@ -65,6 +65,10 @@ class Catalog(ABC):
     def append(self, ident: TableIdent, rows: pa.Table) -> None: ...
 
     @abstractmethod
+    def replace(self, ident: TableIdent, rows: pa.Table) -> None:
+        """Make `rows` the table's whole content in one commit."""
+
+    @abstractmethod
     def drop_table(self, ident: TableIdent) -> None: ...
 
     def namespace_exists(self, namespace: str) -> bool:

@@ -123,6 +123,13 @@ class IcebergCatalog(Catalog):
         with _typed_errors():
             table.append(fitted)
 
+    def replace(self, ident: TableIdent, rows: pa.Table) -> None:
+        """One atomic overwrite snapshot with `rows`, cast to the table's schema."""
+        table = self._load(ident)
+        fitted = fit_rows(rows, table.schema().as_arrow())
+        with _typed_errors():
+            table.overwrite(fitted)
+
     def drop_table(self, ident: TableIdent) -> None:
         with _typed_errors():
             self._backend.drop_table((ident.namespace, ident.name))

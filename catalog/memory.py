@@ -64,6 +64,11 @@ class InMemoryCatalog(Catalog):
             combined = pa.concat_tables([current, fit_rows(rows, current.schema)])
             self._tables[ident] = (version + 1, combined)
 
+    def replace(self, ident: TableIdent, rows: pa.Table) -> None:
+        with self._lock:
+            version, current = self._tables_entry_locked(ident)
+            self._tables[ident] = (version + 1, fit_rows(rows, current.schema))
+
     def drop_table(self, ident: TableIdent) -> None:
         with self._lock:
             self._tables_entry_locked(ident)

@@ -55,6 +55,8 @@ def main() -> None:
               help="Memory limit per query, e.g. 512M or 2G (default: none).")
 @click.option("--query-timeout", envvar="KRISHIV_QUERY_TIMEOUT_SECS", default=None, type=float,
               help="Seconds a query may run (default: no limit).")
+@click.option("--max-upload", envvar="KRISHIV_MAX_UPLOAD_BYTES", default="1G", show_default=True,
+              help="Largest bulk-ingest upload accepted, e.g. 512M; larger ones are refused.")
 @click.option("--token", "tokens", multiple=True, help="Accepted bearer token (repeatable).")
 @click.option("--token-file", default=None, help="File of accepted bearer tokens, reloaded.")
 @click.option("--users-file", default=None, help="File of 'user:password' lines for Basic auth.")
@@ -64,7 +66,8 @@ def main() -> None:
 def serve(
     host: str, port: int, warehouse: Path, catalog_uri: str | None,
     catalog_properties: tuple[str, ...], demo: bool, demo_scale: float, default_schema: str,
-    memory_limit: str | None, query_timeout: float | None, tokens: tuple[str, ...],
+    memory_limit: str | None, query_timeout: float | None, max_upload: str,
+    tokens: tuple[str, ...],
     token_file: str | None, users_file: str | None, insecure: bool, log_level: str,
 ) -> None:
     """Run the embedded Flight SQL server (one process, DataFusion on all cores)."""
@@ -76,6 +79,7 @@ def serve(
             host=host, port=port, warehouse=warehouse, catalog_uri=catalog_uri,
             catalog_properties=_properties(catalog_properties), demo=demo, demo_scale=demo_scale,
             insecure=insecure,
+            max_upload_bytes=parse_size(max_upload),
             auth=auth_config(environ(), tokens, token_file, None, users_file),
             engine=EngineConfig(
                 default_schema=default_schema,
@@ -127,7 +131,8 @@ def run_server(config: ServerConfig) -> None:
     catalog = prepare_catalog(config)
     engine = SqlEngine(catalog, config.engine)
     authenticator = Authenticator(config.auth)
-    service = FlightService(FlightSqlHandler(engine), authenticator.authenticate)
+    handler = FlightSqlHandler(engine, config.max_upload_bytes)
+    service = FlightService(handler, authenticator.authenticate)
     server, port = start_flight_server(service, config.host, config.port, TransportConfig())
     if not config.auth.enabled:
         where = "loopback only" if is_loopback(config.host) else "INSECURE, no auth"

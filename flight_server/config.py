@@ -39,6 +39,7 @@ class ServerConfig:
     demo: bool = False
     demo_scale: float = 0.01
     insecure: bool = False
+    max_upload_bytes: int = 1024**3
     auth: AuthConfig = field(default_factory=AuthConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 

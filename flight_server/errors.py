@@ -6,7 +6,13 @@ import logging
 
 import grpc
 
-from catalog import AlreadyExists, CatalogUnavailable, NamespaceNotFound, TableNotFound
+from catalog import (
+    AlreadyExists,
+    CatalogUnavailable,
+    InvalidData,
+    NamespaceNotFound,
+    TableNotFound,
+)
 from engine import errors as engine_errors
 
 log = logging.getLogger("krishiv.server")
@@ -63,7 +69,7 @@ class Internal(ClientError):
 
 
 _BY_TYPE: list[tuple[tuple[type[BaseException], ...], type[ClientError]]] = [
-    ((engine_errors.InvalidQuery,), InvalidArgument),
+    ((engine_errors.InvalidQuery, InvalidData), InvalidArgument),
     ((engine_errors.ObjectNotFound, TableNotFound, NamespaceNotFound), NotFound),
     ((AlreadyExists,), AlreadyExistsError),
     ((engine_errors.NotAllowed,), PermissionDenied),

@@ -13,6 +13,7 @@ from engine.writes import COUNT_SCHEMA
 from flight_server.errors import InvalidArgument, Unimplemented
 from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
+from flight_server.ingest import ingest
 from flight_server.ipc import PutStream
 from flight_server.metadata import METADATA_COMMANDS, Metadata
 from flight_server.prepared import PreparedStatements
@@ -45,8 +46,9 @@ _ACTIONS = [
 class FlightSqlHandler:
     """Flight SQL over one SqlEngine (the embedded runtime)."""
 
-    def __init__(self, engine: SqlEngine) -> None:
+    def __init__(self, engine: SqlEngine, max_upload_bytes: int) -> None:
         self.engine = engine
+        self._max_upload_bytes = max_upload_bytes
         self._statements = Statements(engine)
         self._prepared = PreparedStatements()
         self._metadata = Metadata(engine, server_version())
@@ -95,6 +97,10 @@ class FlightSqlHandler:
             yield self._prepared.bind(command, upload).SerializeToString()
         elif isinstance(command, sql.CommandStatementUpdate):
             yield self._statement_update(call, command).SerializeToString()
+        elif isinstance(command, sql.CommandStatementIngest):
+            count = ingest(self.engine.session(), command, upload, self._max_upload_bytes,
+                           call.is_cancelled)
+            yield sql.DoPutUpdateResult(record_count=count).SerializeToString()
         elif isinstance(command, sql.CommandPreparedStatementUpdate):
             count = self._prepared.update(command, upload, call.is_cancelled)
             yield sql.DoPutUpdateResult(record_count=count).SerializeToString()

@@ -1,0 +1,95 @@
+"""Bulk ingest: DoPut CommandStatementIngest (ADBC's `adbc_ingest`).
+
+The upload is read completely, under a byte cap, before the catalog is touched, so a
+rejected or broken upload leaves the target as it was; the write is then one commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyarrow as pa
+
+from catalog import InvalidData, TableIdent
+from engine import Session
+from engine.arrow_types import plain_schema
+from flight_server.errors import (
+    AlreadyExistsError,
+    Cancelled,
+    NotFound,
+    ResourceExhausted,
+    Unimplemented,
+)
+from flight_server.generated import FlightSql_pb2 as sql
+from flight_server.ipc import PutStream
+
+Options = sql.CommandStatementIngest.TableDefinitionOptions
+
+
+def read_capped(upload: PutStream, max_bytes: int, is_cancelled: Callable[[], bool]) -> pa.Table:
+    batches = []
+    total = 0
+    for batch in upload:
+        total += batch.nbytes
+        if total > max_bytes:
+            raise ResourceExhausted(
+                f"upload exceeds the server's limit of {max_bytes} bytes; nothing was written"
+            )
+        if is_cancelled():
+            raise Cancelled("upload cancelled by the client; nothing was written")
+        batches.append(batch)
+    rows = pa.Table.from_batches(batches, schema=upload.schema)
+    return rows.cast(plain_schema(rows.schema))
+
+
+def ingest(
+    session: Session,
+    command: sql.CommandStatementIngest,
+    upload: PutStream,
+    max_bytes: int,
+    is_cancelled: Callable[[], bool],
+) -> int:
+    """Write the upload to the target table as its options say; the rows written."""
+    if command.HasField("transaction_id"):
+        raise Unimplemented("transactions are not supported")
+    if command.temporary:
+        raise Unimplemented("temporary tables are not supported yet")
+    catalog_name = session.engine.config.catalog_name
+    if command.HasField("catalog") and command.catalog not in ("", catalog_name):
+        raise NotFound(f"no catalog named {command.catalog}")
+    namespace = command.schema if command.HasField("schema") else session.default_schema
+    ident = TableIdent(namespace, command.table)
+    rows = read_capped(upload, max_bytes, is_cancelled)
+    catalog = session.engine.catalog
+    options = command.table_definition_options
+    if not catalog.table_exists(ident):
+        if options.if_not_exist != Options.TABLE_NOT_EXIST_OPTION_CREATE:
+            raise NotFound(f"table {ident} does not exist")
+        catalog.create_table(ident, rows.schema)
+        try:
+            catalog.append(ident, rows)
+        except BaseException:
+            catalog.drop_table(ident)
+            raise
+        return rows.num_rows
+    if options.if_exists == Options.TABLE_EXISTS_OPTION_APPEND:
+        catalog.append(ident, rows)
+    elif options.if_exists == Options.TABLE_EXISTS_OPTION_REPLACE:
+        _replace(session, ident, rows)
+    else:
+        raise AlreadyExistsError(f"table {ident} already exists")
+    return rows.num_rows
+
+
+def _replace(session: Session, ident: TableIdent, rows: pa.Table) -> None:
+    catalog = session.engine.catalog
+    if catalog.table_schema(ident).names == rows.schema.names:
+        try:
+            catalog.replace(ident, rows)  # one atomic overwrite
+            return
+        except InvalidData:
+            pass  # the rows need another schema
+    # A new schema: the old table is dropped and a new one created.
+    catalog.drop_table(ident)
+    catalog.create_table(ident, rows.schema)
+    catalog.append(ident, rows)
