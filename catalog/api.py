@@ -71,6 +71,14 @@ class Catalog(ABC):
     @abstractmethod
     def drop_table(self, ident: TableIdent) -> None: ...
 
+    @abstractmethod
+    def primary_key(self, ident: TableIdent) -> list[str]:
+        """The table's key columns in order (Iceberg: its identifier fields)."""
+
+    @abstractmethod
+    def set_primary_key(self, ident: TableIdent, columns: list[str]) -> None:
+        """Record `columns` (NOT NULL ones) as the table's key."""
+
     def namespace_exists(self, namespace: str) -> bool:
         return namespace in self.list_namespaces()
 

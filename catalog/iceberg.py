@@ -96,6 +96,16 @@ class IcebergCatalog(Catalog):
     def table_schema(self, ident: TableIdent) -> pa.Schema:
         return self._with_table(ident, lambda table: table.schema().as_arrow())
 
+    def primary_key(self, ident: TableIdent) -> list[str]:
+        schema = self._load(ident).schema()
+        return [schema.find_column_name(i) or "" for i in schema.identifier_field_ids]
+
+    def set_primary_key(self, ident: TableIdent, columns: list[str]) -> None:
+        """Make `columns` the table's identifier fields (they must be NOT NULL)."""
+        table = self._load(ident)
+        with _typed_errors(), table.update_schema() as update:
+            update.set_identifier_fields(*columns)
+
     def scan(self, ident: TableIdent) -> TableScan:
         table = self._load(ident)
         schema = table.schema().as_arrow()

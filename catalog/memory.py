@@ -7,7 +7,7 @@ import threading
 import pyarrow as pa
 
 from catalog.api import Catalog, TableIdent, TableScan
-from catalog.errors import AlreadyExists, NamespaceNotFound, TableNotFound
+from catalog.errors import AlreadyExists, InvalidData, NamespaceNotFound, TableNotFound
 from catalog.rows import fit_rows
 
 
@@ -16,6 +16,7 @@ class InMemoryCatalog(Catalog):
         self._lock = threading.Lock()
         self._namespaces: dict[str, dict[str, str]] = {}
         self._tables: dict[TableIdent, tuple[int, pa.Table]] = {}
+        self._keys: dict[TableIdent, list[str]] = {}
 
     def list_namespaces(self) -> list[str]:
         with self._lock:
@@ -73,6 +74,20 @@ class InMemoryCatalog(Catalog):
         with self._lock:
             self._tables_entry_locked(ident)
             del self._tables[ident]
+            self._keys.pop(ident, None)
+
+    def primary_key(self, ident: TableIdent) -> list[str]:
+        with self._lock:
+            self._tables_entry_locked(ident)
+            return list(self._keys.get(ident, []))
+
+    def set_primary_key(self, ident: TableIdent, columns: list[str]) -> None:
+        with self._lock:
+            schema = self._tables_entry_locked(ident)[1].schema
+            for name in columns:
+                if schema.get_field_index(name) < 0 or schema.field(name).nullable:
+                    raise InvalidData(f"key column {name} must be an existing NOT NULL column")
+            self._keys[ident] = list(columns)
 
     def _entry(self, ident: TableIdent) -> tuple[int, pa.Table]:
         with self._lock:

@@ -9,8 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pyarrow as pa
+import sqlglot
 from datafusion import SessionContext, SQLOptions
 from datafusion.plan import LogicalPlan
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
 
 from catalog import AlreadyExists, Catalog, NamespaceNotFound, TableIdent, TableNotFound
 from engine.arrow_types import plain_schema
@@ -90,7 +93,14 @@ class Writer:
         if self._exists(ident, statement):
             return
         schema = self._schema_of_columns(statement.body)
+        key = primary_key_columns(statement.body)
         self._catalog.create_table(ident, schema)
+        if key:
+            try:
+                self._catalog.set_primary_key(ident, key)
+            except BaseException:
+                self._catalog.drop_table(ident)
+                raise
 
     def _schema_of_columns(self, columns: str) -> pa.Schema:
         """Arrow schema of a column list, typed by DataFusion in a scratch context."""
@@ -168,3 +178,26 @@ class Writer:
 
 def _first_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
+
+
+def primary_key_columns(columns: str) -> list[str]:
+    """Columns named by PRIMARY KEY in a CREATE TABLE column list, in key order."""
+    try:
+        tree = sqlglot.parse_one(f"CREATE TABLE t {columns}", read="postgres")
+    except SqlglotError:
+        return []
+    names: list[str] = []
+    for key in tree.find_all(exp.PrimaryKey):
+        names += [_column_name(e) for e in key.expressions]
+    for constraint in tree.find_all(exp.PrimaryKeyColumnConstraint):
+        column = constraint.find_ancestor(exp.ColumnDef)
+        if column is not None:
+            names.append(_column_name(column.this))
+    return names
+
+
+def _column_name(node: exp.Expression) -> str:
+    identifier = node if isinstance(node, exp.Identifier) else node.find(exp.Identifier)
+    if identifier is None:
+        return node.name
+    return identifier.this if identifier.quoted else identifier.this.lower()

@@ -9,13 +9,15 @@ import re
 
 import pyarrow as pa
 
-from catalog import NamespaceNotFound, TableIdent
+from catalog import NamespaceNotFound, TableIdent, TableNotFound
 from engine import SqlEngine
 from engine.arrow_types import plain_schema
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.ipc import schema_bytes
 from flight_server.sql_info import SCHEMA as SQL_INFO_SCHEMA
 from flight_server.sql_info import sql_info_batch
+from flight_server.type_info import SCHEMA as TYPE_INFO_SCHEMA
+from flight_server.type_info import type_info
 
 TABLE_TYPE = "TABLE"
 
@@ -33,6 +35,33 @@ TABLES_SCHEMA = pa.schema(
 )
 TABLES_WITH_SCHEMA_SCHEMA = TABLES_SCHEMA.append(pa.field("table_schema", pa.binary(), False))
 TABLE_TYPES_SCHEMA = pa.schema([pa.field("table_type", pa.string(), False)])
+PRIMARY_KEYS_SCHEMA = pa.schema([
+    pa.field("catalog_name", pa.string()),
+    pa.field("db_schema_name", pa.string()),
+    pa.field("table_name", pa.string(), False),
+    pa.field("column_name", pa.string(), False),
+    pa.field("key_name", pa.string()),
+    pa.field("key_sequence", pa.int32(), False),
+])
+# Imported, exported keys and cross references share one schema.
+FOREIGN_KEYS_SCHEMA = pa.schema([
+    pa.field("pk_catalog_name", pa.string()),
+    pa.field("pk_db_schema_name", pa.string()),
+    pa.field("pk_table_name", pa.string(), False),
+    pa.field("pk_column_name", pa.string(), False),
+    pa.field("fk_catalog_name", pa.string()),
+    pa.field("fk_db_schema_name", pa.string()),
+    pa.field("fk_table_name", pa.string(), False),
+    pa.field("fk_column_name", pa.string(), False),
+    pa.field("key_sequence", pa.int32(), False),
+    pa.field("fk_key_name", pa.string()),
+    pa.field("pk_key_name", pa.string()),
+    pa.field("update_rule", pa.uint8(), False),
+    pa.field("delete_rule", pa.uint8(), False),
+])
+_FOREIGN_KEY_COMMANDS = (
+    sql.CommandGetImportedKeys, sql.CommandGetExportedKeys, sql.CommandGetCrossReference
+)
 
 
 def like_matcher(pattern: str | None) -> re.Pattern[str] | None:
@@ -77,6 +106,12 @@ class Metadata:
             return TABLES_WITH_SCHEMA_SCHEMA if command.include_schema else TABLES_SCHEMA
         if isinstance(command, sql.CommandGetTableTypes):
             return TABLE_TYPES_SCHEMA
+        if isinstance(command, sql.CommandGetPrimaryKeys):
+            return PRIMARY_KEYS_SCHEMA
+        if isinstance(command, _FOREIGN_KEY_COMMANDS):
+            return FOREIGN_KEYS_SCHEMA
+        if isinstance(command, sql.CommandGetXdbcTypeInfo):
+            return TYPE_INFO_SCHEMA
         raise TypeError(f"not a metadata command: {type(command).__name__}")
 
     def rows_for(self, command: object) -> pa.Table:
@@ -91,7 +126,32 @@ class Metadata:
             return self._tables(command)
         if isinstance(command, sql.CommandGetTableTypes):
             return pa.table({"table_type": [TABLE_TYPE]}, schema=TABLE_TYPES_SCHEMA)
+        if isinstance(command, sql.CommandGetPrimaryKeys):
+            return self._primary_keys(command)
+        if isinstance(command, _FOREIGN_KEY_COMMANDS):
+            return FOREIGN_KEYS_SCHEMA.empty_table()  # Iceberg has no foreign keys
+        if isinstance(command, sql.CommandGetXdbcTypeInfo):
+            return type_info(command.data_type if command.HasField("data_type") else None)
         raise TypeError(f"not a metadata command: {type(command).__name__}")
+
+    def _primary_keys(self, command: sql.CommandGetPrimaryKeys) -> pa.Table:
+        if command.HasField("catalog") and command.catalog != self._catalog_name:
+            return PRIMARY_KEYS_SCHEMA.empty_table()
+        namespace = (command.db_schema if command.HasField("db_schema")
+                     else self._engine.config.default_schema)
+        ident = TableIdent(namespace, command.table)
+        try:
+            columns = self._engine.catalog.primary_key(ident)
+        except (TableNotFound, NamespaceNotFound):
+            return PRIMARY_KEYS_SCHEMA.empty_table()
+        return pa.table({
+            "catalog_name": [self._catalog_name] * len(columns),
+            "db_schema_name": [namespace] * len(columns),
+            "table_name": [command.table] * len(columns),
+            "column_name": columns,
+            "key_name": [None] * len(columns),
+            "key_sequence": list(range(1, len(columns) + 1)),
+        }, schema=PRIMARY_KEYS_SCHEMA)
 
     def _catalog_matches(self, command: sql.CommandGetDbSchemas | sql.CommandGetTables) -> bool:
         return not command.HasField("catalog") or command.catalog == self._catalog_name
@@ -151,4 +211,7 @@ METADATA_COMMANDS = (
     sql.CommandGetDbSchemas,
     sql.CommandGetTables,
     sql.CommandGetTableTypes,
+    sql.CommandGetPrimaryKeys,
+    *_FOREIGN_KEY_COMMANDS,
+    sql.CommandGetXdbcTypeInfo,
 )

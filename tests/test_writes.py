@@ -222,3 +222,49 @@ def test_adbc_error_codes_for_writes(wconn: flightsql.Connection) -> None:
     with wconn.cursor() as cur, pytest.raises(adbc_driver_manager.Error) as err:
         cur.execute("CREATE TABLE tpch.nation (a INT)")
     assert err.value.status_code == adbc_driver_manager.AdbcStatusCode.ALREADY_EXISTS
+
+
+def test_primary_keys_and_empty_foreign_keys(write_server: RunningServer,
+                                             wconn: flightsql.Connection) -> None:
+    _run(wconn, "CREATE TABLE public.keyed (region VARCHAR NOT NULL, id BIGINT NOT NULL, "
+                "note VARCHAR, PRIMARY KEY (region, id))")
+    _run(wconn, "CREATE TABLE public.plain_t (a INT)")
+    client = flight.connect(write_server.uri)
+    options = bearer(TOKEN)
+    info, keys = fetch(client, sql.CommandGetPrimaryKeys(db_schema="public", table="keyed"),
+                       options)
+    assert info.schema.names == ["catalog_name", "db_schema_name", "table_name", "column_name",
+                                 "key_name", "key_sequence"]
+    assert [(r["column_name"], r["key_sequence"]) for r in keys.to_pylist()] == [
+        ("region", 1), ("id", 2)]
+    assert keys.column("catalog_name").to_pylist() == ["krishiv", "krishiv"]
+    _, none = fetch(client, sql.CommandGetPrimaryKeys(db_schema="public", table="plain_t"),
+                    options)
+    assert none.num_rows == 0
+    for command in (sql.CommandGetImportedKeys(db_schema="public", table="keyed"),
+                    sql.CommandGetExportedKeys(db_schema="public", table="keyed"),
+                    sql.CommandGetCrossReference(pk_table="keyed", fk_table="plain_t")):
+        info, rows = fetch(client, command, options)
+        assert rows.num_rows == 0
+        assert info.schema.field("update_rule").type == pa.uint8()
+        assert len(info.schema) == 13
+    client.close()
+    _run(wconn, "DROP TABLE public.keyed")
+    _run(wconn, "DROP TABLE public.plain_t")
+
+
+def test_xdbc_type_info_covers_returned_types(write_server: RunningServer) -> None:
+    client = flight.connect(write_server.uri)
+    options = bearer(TOKEN)
+    info, types = fetch(client, sql.CommandGetXdbcTypeInfo(), options)
+    assert info.schema.equals(types.schema)
+    names = types.column("type_name").to_pylist()
+    for needed in ("BIGINT", "INTEGER", "DOUBLE", "DECIMAL", "VARCHAR", "DATE", "TIMESTAMP",
+                   "BOOLEAN"):
+        assert needed in names
+    data_types = types.column("data_type").to_pylist()
+    assert data_types == sorted(data_types)
+    _, only = fetch(client, sql.CommandGetXdbcTypeInfo(data_type=sql.XDBC_VARCHAR), options)
+    assert only.column("type_name").to_pylist() == ["VARCHAR"]
+    assert only.column("literal_prefix").to_pylist() == ["'"]
+    client.close()
