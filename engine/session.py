@@ -14,6 +14,7 @@ from catalog import Catalog, NamespaceNotFound, TableIdent, TableNotFound
 from engine.arrow_types import conform_batch, plain_schema, split_batch
 from engine.bridge import DATAFUSION_SETTINGS, CatalogBridge, TableCache
 from engine.config import EngineConfig
+from engine.dialects import DATAFUSION, to_datafusion
 from engine.parameters import bound_values, number_placeholders, parameter_schema
 from engine.references import referenced_tables
 from engine.runner import StreamRunner
@@ -44,8 +45,8 @@ class SqlEngine:
         self.tables = TableCache(catalog)
         self._runner = StreamRunner()
 
-    def session(self, default_schema: str | None = None) -> Session:
-        return Session(self, default_schema or self.config.default_schema)
+    def session(self, default_schema: str | None = None, dialect: str = DATAFUSION) -> Session:
+        return Session(self, default_schema or self.config.default_schema, dialect)
 
     def resolve_tables(self, sql: str, default_schema: str) -> dict[TableIdent, Table]:
         resolved: dict[TableIdent, Table] = {}
@@ -100,19 +101,25 @@ class Session:
     A context per query gives each query its own memory pool.
     """
 
-    def __init__(self, engine: SqlEngine, default_schema: str) -> None:
+    def __init__(self, engine: SqlEngine, default_schema: str, dialect: str = DATAFUSION
+                 ) -> None:
         self.engine = engine
         self.default_schema = default_schema
+        self.dialect = dialect
 
-    @staticmethod
-    def write_statement(sql: str) -> WriteStatement | None:
+    def _translate(self, sql: str) -> str:
+        """Client SQL as DataFusion SQL with numbered placeholders."""
+        return number_placeholders(to_datafusion(sql, self.dialect))
+
+    def write_statement(self, sql: str) -> WriteStatement | None:
         """The write `sql` is, or None for a query; writes run when planned."""
+        text = self._translate(sql)
         with translated_errors():
-            return classify(sql)
+            return classify(text)
 
     def plan(self, sql: str, parameters: pa.RecordBatch | None = None) -> PlannedQuery:
         """A read-only query, planned and not run."""
-        text = number_placeholders(sql)
+        text = self._translate(sql)
         values = bound_values(parameters)
         ctx = self._context_for(text)
         with translated_errors():
@@ -141,7 +148,7 @@ class Session:
         is_cancelled: Callable[[], bool] = lambda: False,
     ) -> int:
         """Run a write statement; the number of rows it wrote."""
-        text = number_placeholders(sql)
+        text = self._translate(sql)
         values = bound_values(parameters)
 
         def collect(ctx: SessionContext, query: str | LogicalPlan,
@@ -161,7 +168,7 @@ class Session:
             return writer.run(statement, text, values)
 
     def parameter_schema(self, sql: str) -> pa.Schema:
-        text = number_placeholders(sql)
+        text = self._translate(sql)
         ctx = self._context_for(text)
         with translated_errors():
             return parameter_schema(ctx.sql(text, options=_READ_ONLY).logical_plan())

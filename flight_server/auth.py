@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import logging
 import secrets
@@ -148,12 +149,12 @@ class Authenticator:
             return "anonymous", []
         scheme, _, credential = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and self.accepts_bearer(credential.strip()):
-            return "token", []
+            return bearer_identity(credential.strip()), []
         if scheme.lower() == "basic":
             pair = _decode_basic(credential)
             token = self.login(*pair) if pair else None
-            if token and pair:
-                return f"user:{pair[0]}", [("authorization", f"Bearer {token}")]
+            if token:
+                return bearer_identity(token), [("authorization", f"Bearer {token}")]
             raise Unauthenticated("invalid username or password")
         if not scheme:
             raise Unauthenticated("missing credentials: send 'authorization: Bearer <token>'")
@@ -162,6 +163,11 @@ class Authenticator:
     def close(self) -> None:
         if self._file:
             self._file.close()
+
+
+def bearer_identity(token: str) -> str:
+    """A stable name for a token's holder that does not reveal the token."""
+    return "bearer:" + hashlib.sha256(token.encode()).hexdigest()[:32]
 
 
 def _decode_basic(value: str) -> tuple[str, str] | None:

@@ -18,6 +18,7 @@ from flight_server.ipc import PutStream
 from flight_server.metadata import METADATA_COMMANDS, Metadata
 from flight_server.prepared import PreparedStatements
 from flight_server.protocol import command_of, flight_info, pack, parse_plain, unpack
+from flight_server.sessions import SessionStore
 from flight_server.statements import Statements
 from flight_server.transport import Call
 
@@ -35,10 +36,15 @@ def server_version() -> str:
 CREATE_PREPARED = "CreatePreparedStatement"
 CLOSE_PREPARED = "ClosePreparedStatement"
 CLOSE_SESSION = "CloseSession"
+SET_SESSION_OPTIONS = "SetSessionOptions"
+GET_SESSION_OPTIONS = "GetSessionOptions"
 
 _ACTIONS = [
     (CREATE_PREPARED, "Create a prepared statement; body: ActionCreatePreparedStatementRequest"),
     (CLOSE_PREPARED, "Close a prepared statement; body: ActionClosePreparedStatementRequest"),
+    (SET_SESSION_OPTIONS, "Set session options catalog, schema, dialect; "
+                          "body: SetSessionOptionsRequest"),
+    (GET_SESSION_OPTIONS, "Get session options; body: GetSessionOptionsRequest"),
     (CLOSE_SESSION, "Close the client's session; body: CloseSessionRequest"),
 ]
 
@@ -52,13 +58,14 @@ class FlightSqlHandler:
         self._statements = Statements(engine)
         self._prepared = PreparedStatements()
         self._metadata = Metadata(engine, server_version())
+        self._sessions = SessionStore(engine)
 
     def _plan(self, call: Call, command: object) -> PlannedQuery:
         """A planned query; a write (DDL/DML) runs here, at planning, never at DoGet."""
         if isinstance(command, sql.CommandStatementQuery):
             if command.HasField("transaction_id"):
                 raise Unimplemented("transactions are not supported")
-            return self.engine.session().execute(command.query, None, call.is_cancelled)
+            return self._sessions.session_for(call).execute(command.query, None, call.is_cancelled)
         if isinstance(command, sql.CommandPreparedStatementQuery):
             return self._prepared.plan(command, call.is_cancelled)
         raise Unimplemented(f"{type(command).__name__} is not supported by this server")
@@ -75,7 +82,7 @@ class FlightSqlHandler:
         if isinstance(command, METADATA_COMMANDS):
             return self._metadata.schema_for(command)
         if isinstance(command, sql.CommandStatementQuery):
-            session = self.engine.session()
+            session = self._sessions.session_for(call)
             if session.write_statement(command.query) is not None:
                 return COUNT_SCHEMA  # describing a write must not run it
             return session.plan(command.query).schema
@@ -98,8 +105,8 @@ class FlightSqlHandler:
         elif isinstance(command, sql.CommandStatementUpdate):
             yield self._statement_update(call, command).SerializeToString()
         elif isinstance(command, sql.CommandStatementIngest):
-            count = ingest(self.engine.session(), command, upload, self._max_upload_bytes,
-                           call.is_cancelled)
+            session = self._sessions.session_for(call)
+            count = ingest(session, command, upload, self._max_upload_bytes, call.is_cancelled)
             yield sql.DoPutUpdateResult(record_count=count).SerializeToString()
         elif isinstance(command, sql.CommandPreparedStatementUpdate):
             count = self._prepared.update(command, upload, call.is_cancelled)
@@ -112,7 +119,7 @@ class FlightSqlHandler:
     ) -> sql.DoPutUpdateResult:
         if command.HasField("transaction_id"):
             raise Unimplemented("transactions are not supported")
-        session = self.engine.session()
+        session = self._sessions.session_for(call)
         statement = session.write_statement(command.query)
         if statement is None:
             raise InvalidArgument("CommandStatementUpdate takes DDL or DML, not a query")
@@ -126,17 +133,24 @@ class FlightSqlHandler:
                 raise InvalidArgument("CreatePreparedStatement needs its request message")
             if request.HasField("transaction_id"):
                 raise Unimplemented("transactions are not supported")
-            return iter([pack(self._prepared.create(self.engine.session(), request))])
+            return iter([pack(self._prepared.create(self._sessions.session_for(call), request))])
         if kind == CLOSE_PREPARED:
             request = unpack(body)
             if not isinstance(request, sql.ActionClosePreparedStatementRequest):
                 raise InvalidArgument("ClosePreparedStatement needs its request message")
             self._prepared.close(request)
             return iter([])
+        # Flight's session actions carry plain (not Any-wrapped) messages.
+        if kind == SET_SESSION_OPTIONS:
+            request = parse_plain(fpb.SetSessionOptionsRequest, body)
+            assert isinstance(request, fpb.SetSessionOptionsRequest)
+            return iter([self._sessions.set_options(call, request).SerializeToString()])
+        if kind == GET_SESSION_OPTIONS:
+            parse_plain(fpb.GetSessionOptionsRequest, body)
+            return iter([self._sessions.get_options(call).SerializeToString()])
         if kind == CLOSE_SESSION:
             parse_plain(fpb.CloseSessionRequest, body)
-            closed = fpb.CloseSessionResult(status=fpb.CloseSessionResult.CLOSED)
-            return iter([closed.SerializeToString()])
+            return iter([self._sessions.close(call).SerializeToString()])
         raise Unimplemented(f"unknown action type: {kind[:100]}")
 
     def list_actions(self) -> list[tuple[str, str]]:

@@ -77,9 +77,13 @@ class FlightService:
     def _start(self, context: grpc.ServicerContext) -> Call:
         headers = _headers(context)
         identity, reply = self._authenticate(headers)
-        if reply:
-            context.send_initial_metadata(reply)
         return Call(headers, context.peer(), lambda: not context.is_active(), identity, reply)
+
+    @staticmethod
+    def _send_headers(call: Call, context: grpc.ServicerContext) -> None:
+        """Reply headers (issued token, session cookie) go out with the first response."""
+        if call.reply_headers:
+            context.send_initial_metadata(tuple(call.reply_headers))
 
     @staticmethod
     def _fail(context: grpc.ServicerContext, exc: BaseException) -> None:
@@ -91,7 +95,10 @@ class FlightService:
     ) -> Callable[[Any, grpc.ServicerContext], Any]:
         def serve(request: Any, context: grpc.ServicerContext) -> Any:
             try:
-                return method(self._start(context), request)
+                call = self._start(context)
+                result = method(call, request)
+                self._send_headers(call, context)
+                return result
             except Exception as exc:  # every failure leaves as a typed status
                 self._fail(context, exc)
                 raise AssertionError("unreachable") from None
@@ -103,7 +110,13 @@ class FlightService:
     ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
         def serve(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
-                yield from method(self._start(context), request)
+                call = self._start(context)
+                results = iter(method(call, request))
+                first = next(results, None)
+                self._send_headers(call, context)
+                if first is not None:
+                    yield first
+                    yield from results
             except GeneratorExit:
                 raise
             except Exception as exc:

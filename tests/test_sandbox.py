@@ -140,9 +140,15 @@ def test_timed_out_query_frees_the_cpu(limited: RunningServer) -> None:
     with pytest.raises(flight.FlightTimedOutError):
         _query(limited, CROSS_JOIN)
     time.sleep(1.0)  # in-flight batches finish within a second
-    cpu_before = _process_cpu(limited.process.pid)
-    time.sleep(2.0)
-    assert _process_cpu(limited.process.pid) - cpu_before < 0.3
+    # A query still running would use about a CPU-second per second; allow for noise.
+    windows = []
+    for _ in range(3):
+        cpu_before = _process_cpu(limited.process.pid)
+        time.sleep(1.0)
+        windows.append(_process_cpu(limited.process.pid) - cpu_before)
+        if windows[-1] < 0.2:
+            break
+    assert min(windows) < 0.2, windows
 
 
 def _process_cpu(pid: int) -> float:

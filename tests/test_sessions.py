@@ -1,0 +1,161 @@
+"""Session options (catalog, schema, dialect) by cookie or token, and SQL dialects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import adbc_driver_flightsql.dbapi as flightsql
+import adbc_driver_manager
+import grpc
+import pytest
+
+from flight_server.generated import Flight_pb2 as fpb
+from tests.servers import RunningServer, start_server
+
+TOKEN = "session-token"
+USERS = "carol:secret\n"
+SERVICE = "/arrow.flight.protocol.FlightService"
+
+
+@pytest.fixture(scope="module")
+def session_server(demo_warehouse: Path, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[RunningServer]:
+    root = tmp_path_factory.mktemp("sessions")
+    users = root / "users"
+    users.write_text(USERS)
+    running = start_server(demo_warehouse, root, args=["--users-file", str(users)],
+                           env={"KRISHIV_COORDINATOR_BEARER_TOKEN": TOKEN}, token=TOKEN)
+    yield running
+    running.stop()
+
+
+def _connect(server: RunningServer, cookies: bool = False, **conn_kwargs: str
+             ) -> flightsql.Connection:
+    db_kwargs = {"username": "carol", "password": "secret"}  # a fresh token per login
+    if cookies:
+        db_kwargs["adbc.flight.sql.rpc.with_cookie_middleware"] = "true"
+    return flightsql.connect(server.uri, db_kwargs=db_kwargs, conn_kwargs=conn_kwargs or None)
+
+
+def _set(conn: flightsql.Connection, **options: str) -> None:
+    conn.adbc_connection.set_options(
+        **{f"adbc.flight.sql.session.option.{k}": v for k, v in options.items()})
+
+
+def _options(conn: flightsql.Connection) -> dict[str, str]:
+    return json.loads(conn.adbc_connection.get_option("adbc.flight.sql.session.options"))
+
+
+def _rows(conn: flightsql.Connection, query: str) -> list[tuple[object, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(query)
+        return cur.fetchall()
+
+
+def test_schema_option_by_token(session_server: RunningServer) -> None:
+    with _connect(session_server) as conn:
+        assert _options(conn) == {"catalog": "krishiv", "schema": "public",
+                                  "dialect": "datafusion"}
+        _set(conn, schema="tpch")
+        assert _options(conn)["schema"] == "tpch"
+        assert _rows(conn, "SELECT count(*) FROM nation") == [(25,)]
+    with _connect(session_server) as other:  # another login: its own session
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            _rows(other, "SELECT count(*) FROM nation")
+        assert err.value.status_code == adbc_driver_manager.AdbcStatusCode.NOT_FOUND
+
+
+def test_dialect_option_by_cookie(session_server: RunningServer) -> None:
+    with _connect(session_server, cookies=True) as conn:
+        _set(conn, dialect="tsql", schema="tpch")
+        assert _rows(conn, "SELECT TOP 2 n_name FROM nation ORDER BY n_nationkey") == [
+            ("ALGERIA",), ("ARGENTINA",)]
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            _rows(conn, "SELECT FROM WHERE")
+        assert err.value.status_code == adbc_driver_manager.AdbcStatusCode.INVALID_ARGUMENT
+        assert "tsql SQL error at line 1, column" in str(err.value)
+        _set(conn, dialect="datafusion")
+        assert _rows(conn, "SELECT n_name FROM nation ORDER BY n_nationkey LIMIT 1") == [
+            ("ALGERIA",)]
+
+
+@pytest.mark.parametrize(
+    ("dialect", "query"),
+    [
+        ("mysql", "SELECT `n_name` FROM tpch.nation ORDER BY n_nationkey LIMIT 1, 2"),
+        ("postgres", "SELECT n_name::text FROM tpch.nation ORDER BY n_nationkey OFFSET 1 LIMIT 2"),
+        ("snowflake", "SELECT IFF(n_nationkey > 0, n_name, 'x') FROM tpch.nation "
+                      "WHERE n_nationkey IN (1, 2) ORDER BY n_nationkey"),
+        ("duckdb", "SELECT n_name FROM tpch.nation ORDER BY n_nationkey LIMIT 2 OFFSET 1"),
+        ("trino", "SELECT n_name FROM tpch.nation ORDER BY n_nationkey OFFSET 1 LIMIT 2"),
+        ("spark", "SELECT `n_name` FROM tpch.nation WHERE n_nationkey BETWEEN 1 AND 2 "
+                  "ORDER BY n_nationkey"),
+        ("bigquery", "SELECT n_name FROM tpch.nation WHERE n_nationkey IN UNNEST([1, 2]) "
+                     "ORDER BY n_nationkey"),
+        ("tsql", "SELECT TOP 2 n_name FROM tpch.nation WHERE n_nationkey >= 1 "
+                 "ORDER BY n_nationkey"),
+    ],
+)
+def test_dialect_header(session_server: RunningServer, dialect: str, query: str) -> None:
+    with _connect(session_server, **{"adbc.flight.sql.rpc.call_header.dialect": dialect}) as c:
+        assert _rows(c, query) == [("ARGENTINA",), ("BRAZIL",)]
+
+
+def test_bad_options_are_reported(session_server: RunningServer) -> None:
+    channel = grpc.insecure_channel(f"127.0.0.1:{session_server.port}")
+    do_action = channel.unary_stream(f"{SERVICE}/DoAction",
+                                     request_serializer=fpb.Action.SerializeToString,
+                                     response_deserializer=fpb.Result.FromString)
+    request = fpb.SetSessionOptionsRequest()
+    request.session_options["schema"].string_value = "no_such_namespace"
+    request.session_options["dialect"].string_value = "klingon"
+    request.session_options["catalog"].string_value = "other"
+    request.session_options["colour"].string_value = "blue"
+    request.session_options["dialect2"].bool_value = True
+    metadata = [("authorization", f"Bearer {TOKEN}-unused")]
+    with pytest.raises(grpc.RpcError) as err:
+        list(do_action(fpb.Action(type="SetSessionOptions", body=request.SerializeToString()),
+                       metadata=metadata))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    responses = do_action(fpb.Action(type="SetSessionOptions", body=request.SerializeToString()),
+                          metadata=[("authorization", "Basic " + "Y2Fyb2w6c2VjcmV0")])
+    (body,) = [r.body for r in responses]
+    result = fpb.SetSessionOptionsResult.FromString(body)
+    errors = {name: e.value for name, e in result.errors.items()}
+    invalid = fpb.SetSessionOptionsResult.INVALID_VALUE
+    assert errors == {"schema": invalid, "dialect": invalid, "catalog": invalid,
+                      "colour": fpb.SetSessionOptionsResult.INVALID_NAME, "dialect2":
+                      fpb.SetSessionOptionsResult.INVALID_NAME}
+    headers = dict(responses.initial_metadata())
+    assert headers["set-cookie"].startswith("arrow_flight_session_id=")
+    channel.close()
+
+
+def test_close_session_forgets_options(session_server: RunningServer) -> None:
+    channel = grpc.insecure_channel(f"127.0.0.1:{session_server.port}")
+    do_action = channel.unary_stream(f"{SERVICE}/DoAction",
+                                     request_serializer=fpb.Action.SerializeToString,
+                                     response_deserializer=fpb.Result.FromString)
+    auth = [("authorization", "Basic Y2Fyb2w6c2VjcmV0")]  # carol:secret, fresh token
+
+    def act(kind: str, body: bytes, cookie: str = "") -> tuple[bytes, dict[str, str]]:
+        metadata = auth + ([("cookie", cookie)] if cookie else [])
+        responses = do_action(fpb.Action(type=kind, body=body), metadata=metadata)
+        bodies = [r.body for r in responses]
+        return (bodies[0] if bodies else b""), dict(responses.initial_metadata())
+
+    def schema(cookie: str) -> str:
+        body, _ = act("GetSessionOptions", b"", cookie)
+        return fpb.GetSessionOptionsResult.FromString(body).session_options["schema"].string_value
+
+    request = fpb.SetSessionOptionsRequest()
+    request.session_options["schema"].string_value = "tpch"
+    _, headers = act("SetSessionOptions", request.SerializeToString())
+    cookie = headers["set-cookie"].split(";")[0]
+    assert schema(cookie) == "tpch"
+    body, _ = act("CloseSession", b"", cookie)
+    assert fpb.CloseSessionResult.FromString(body).status == fpb.CloseSessionResult.CLOSED
+    assert schema(cookie) == "public"
+    channel.close()
