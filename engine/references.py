@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
 from catalog import TableIdent
+
+# sqlglot cannot parse EXPLAIN: look at the statement it explains.
+_EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+(ANALYZE|VERBOSE|FORMAT\s+\w+))*\s+", re.IGNORECASE)
+# sqlglot warns on the stderr about SQL it only partly parses; the lazy path covers those.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 
 def referenced_tables(sql: str, default_schema: str) -> set[TableIdent]:
@@ -16,7 +24,7 @@ def referenced_tables(sql: str, default_schema: str) -> set[TableIdent]:
     find those tables through the slower lazy path.
     """
     try:
-        statements = sqlglot.parse(sql, read="postgres")
+        statements = sqlglot.parse(_EXPLAIN.sub("", sql), read="postgres")
     except SqlglotError:
         return set()
     found: set[TableIdent] = set()

@@ -24,7 +24,12 @@ from flight_server.config import (
     parse_size,
 )
 from flight_server.server import FlightSqlHandler
-from flight_server.transport import FlightService, TransportConfig, start_flight_server
+from flight_server.transport import (
+    FlightService,
+    TlsFiles,
+    TransportConfig,
+    start_flight_server,
+)
 
 log = logging.getLogger("krishiv")
 
@@ -57,6 +62,14 @@ def main() -> None:
               help="Seconds a query may run (default: no limit).")
 @click.option("--max-upload", envvar="KRISHIV_MAX_UPLOAD_BYTES", default="1G", show_default=True,
               help="Largest bulk-ingest upload accepted, e.g. 512M; larger ones are refused.")
+@click.option("--tls-cert", envvar="KRISHIV_TLS_CERT", default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="PEM certificate chain: serve grpc+tls:// (with --tls-key).")
+@click.option("--tls-key", envvar="KRISHIV_TLS_KEY", default=None,
+              type=click.Path(dir_okay=False, path_type=Path), help="PEM private key.")
+@click.option("--tls-client-ca", envvar="KRISHIV_TLS_CLIENT_CA", default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="PEM CA bundle: require client certificates signed by it (mutual TLS).")
 @click.option("--token", "tokens", multiple=True, help="Accepted bearer token (repeatable).")
 @click.option("--token-file", default=None, help="File of accepted bearer tokens, reloaded.")
 @click.option("--users-file", default=None, help="File of 'user:password' lines for Basic auth.")
@@ -67,6 +80,7 @@ def serve(
     host: str, port: int, warehouse: Path, catalog_uri: str | None,
     catalog_properties: tuple[str, ...], demo: bool, demo_scale: float, default_schema: str,
     memory_limit: str | None, query_timeout: float | None, max_upload: str,
+    tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
     tokens: tuple[str, ...],
     token_file: str | None, users_file: str | None, insecure: bool, log_level: str,
 ) -> None:
@@ -80,6 +94,7 @@ def serve(
             catalog_properties=_properties(catalog_properties), demo=demo, demo_scale=demo_scale,
             insecure=insecure,
             max_upload_bytes=parse_size(max_upload),
+            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
             auth=auth_config(environ(), tokens, token_file, None, users_file),
             engine=EngineConfig(
                 default_schema=default_schema,
@@ -133,12 +148,16 @@ def run_server(config: ServerConfig) -> None:
     authenticator = Authenticator(config.auth)
     handler = FlightSqlHandler(engine, config.max_upload_bytes)
     service = FlightService(handler, authenticator.authenticate)
-    server, port = start_flight_server(service, config.host, config.port, TransportConfig())
+    tls = (TlsFiles(config.tls_cert, config.tls_key, config.tls_client_ca)
+           if config.tls_cert and config.tls_key else None)
+    server, port = start_flight_server(service, config.host, config.port,
+                                       TransportConfig(tls=tls))
     if not config.auth.enabled:
         where = "loopback only" if is_loopback(config.host) else "INSECURE, no auth"
         log.warning("no bearer tokens configured: serving without authentication (%s)", where)
-    log.info("Krishiv Flight SQL listening on grpc://%s:%d", config.host, port)
-    print(f"krishiv: serving Flight SQL on grpc://{config.host}:{port}", flush=True)
+    where = f"{config.scheme}://{config.host}:{port}"
+    log.info("Krishiv Flight SQL listening on %s", where)
+    print(f"krishiv: serving Flight SQL on {where}", flush=True)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

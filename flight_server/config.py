@@ -40,6 +40,9 @@ class ServerConfig:
     demo_scale: float = 0.01
     insecure: bool = False
     max_upload_bytes: int = 1024**3
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     auth: AuthConfig = field(default_factory=AuthConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -49,8 +52,17 @@ class ServerConfig:
                 f"refusing to listen on {self.host} without bearer tokens: set "
                 "KRISHIV_COORDINATOR_BEARER_TOKENS (or a token file), or pass --insecure"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
         if self.demo_scale <= 0:
             raise ConfigError("--demo-scale must be positive")
+
+
+    @property
+    def scheme(self) -> str:
+        return "grpc+tls" if self.tls_cert else "grpc"
 
 
 def is_loopback(host: str) -> bool:

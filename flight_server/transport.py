@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -198,9 +199,29 @@ class FlightService:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """PEM files: the server's certificate chain and key; a client CA turns on mutual TLS."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        try:
+            pair = (self.key.read_bytes(), self.cert.read_bytes())
+            client_ca = self.client_ca.read_bytes() if self.client_ca else None
+        except OSError as exc:
+            raise OSError(f"cannot read TLS file {exc.filename}: {exc.strerror}") from None
+        return grpc.ssl_server_credentials(
+            [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+
+
+@dataclass(frozen=True)
 class TransportConfig:
     max_workers: int = 64
     max_receive_bytes: int = 64 * 1024 * 1024
+    tls: TlsFiles | None = None
 
 
 def start_flight_server(
@@ -216,7 +237,11 @@ def start_flight_server(
         ],
     )
     server.add_generic_rpc_handlers((service.rpc_handler(),))
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if config.tls is not None:
+        bound = server.add_secure_port(address, config.tls.credentials())
+    else:
+        bound = server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     server.start()
