@@ -14,5 +14,7 @@ class EngineConfig:
     batch_size: int = 32768
     memory_limit_bytes: int | None = None
     query_timeout_s: float | None = None
+    max_running_queries: int = 16
+    max_queued_queries: int = 64
     # Flight clients default to a 16 MiB message cap: keep every batch well under it.
     max_batch_bytes: int = 4 * 1024 * 1024

@@ -31,3 +31,7 @@ class QueryTimeout(EngineError):
 
 class QueryCancelled(EngineError):
     """The client cancelled the query."""
+
+
+class ServerBusy(EngineError):
+    """All query slots and the waiting queue are full."""

@@ -41,6 +41,8 @@ class StreamRunner:
         iterator = stream.__aiter__()
         try:
             while True:
+                if is_cancelled():
+                    raise QueryCancelled("query cancelled by the client")
                 batch = self._next(iterator, deadline, timeout_s, is_cancelled)
                 if batch is None:
                     return

@@ -11,6 +11,7 @@ from datafusion.catalog import Table
 from datafusion.plan import LogicalPlan
 
 from catalog import Catalog, NamespaceNotFound, TableIdent, TableNotFound
+from engine.admission import Admission
 from engine.arrow_types import conform_batch, plain_schema, split_batch
 from engine.bridge import DATAFUSION_SETTINGS, CatalogBridge, TableCache
 from engine.config import EngineConfig
@@ -44,6 +45,7 @@ class SqlEngine:
         self.config = config
         self.tables = TableCache(catalog)
         self._runner = StreamRunner()
+        self.admission = Admission(config.max_running_queries, config.max_queued_queries)
 
     def session(self, default_schema: str | None = None, dialect: str = DATAFUSION) -> Session:
         return Session(self, default_schema or self.config.default_schema, dialect)
@@ -85,11 +87,13 @@ class SqlEngine:
             yield from query.rows.to_batches()
             return
         assert query.frame is not None
-        batches = self._runner.batches(query.frame, self.config.query_timeout_s, is_cancelled)
-        with translated_errors():
-            for batch in batches:
-                for piece in split_batch(batch, self.config.max_batch_bytes):
-                    yield conform_batch(piece, query.schema)
+        timeout_s = self.config.query_timeout_s
+        with self.admission.slot(is_cancelled, timeout_s):
+            batches = self._runner.batches(query.frame, timeout_s, is_cancelled)
+            with translated_errors():
+                for batch in batches:
+                    for piece in split_batch(batch, self.config.max_batch_bytes):
+                        yield conform_batch(piece, query.schema)
 
     def close(self) -> None:
         self._runner.close()

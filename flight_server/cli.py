@@ -60,6 +60,12 @@ def main() -> None:
               help="Memory limit per query, e.g. 512M or 2G (default: none).")
 @click.option("--query-timeout", envvar="KRISHIV_QUERY_TIMEOUT_SECS", default=None, type=float,
               help="Seconds a query may run (default: no limit).")
+@click.option("--max-concurrent-queries", envvar="KRISHIV_MAX_CONCURRENT_QUERIES", default=16,
+              show_default=True, type=click.IntRange(min=1),
+              help="Queries running at once; more wait in a queue.")
+@click.option("--max-queued-queries", envvar="KRISHIV_MAX_QUEUED_QUERIES", default=64,
+              show_default=True, type=click.IntRange(min=0),
+              help="Queries waiting for a slot; past that, UNAVAILABLE at once.")
 @click.option("--max-upload", envvar="KRISHIV_MAX_UPLOAD_BYTES", default="1G", show_default=True,
               help="Largest bulk-ingest upload accepted, e.g. 512M; larger ones are refused.")
 @click.option("--tls-cert", envvar="KRISHIV_TLS_CERT", default=None,
@@ -79,7 +85,8 @@ def main() -> None:
 def serve(
     host: str, port: int, warehouse: Path, catalog_uri: str | None,
     catalog_properties: tuple[str, ...], demo: bool, demo_scale: float, default_schema: str,
-    memory_limit: str | None, query_timeout: float | None, max_upload: str,
+    memory_limit: str | None, query_timeout: float | None, max_concurrent_queries: int,
+    max_queued_queries: int, max_upload: str,
     tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
     tokens: tuple[str, ...],
     token_file: str | None, users_file: str | None, insecure: bool, log_level: str,
@@ -100,6 +107,8 @@ def serve(
                 default_schema=default_schema,
                 memory_limit_bytes=parse_size(memory_limit) if memory_limit else None,
                 query_timeout_s=query_timeout,
+                max_running_queries=max_concurrent_queries,
+                max_queued_queries=max_queued_queries,
             ),
         )
         config.validate()

@@ -38,6 +38,8 @@ CLOSE_PREPARED = "ClosePreparedStatement"
 CLOSE_SESSION = "CloseSession"
 SET_SESSION_OPTIONS = "SetSessionOptions"
 GET_SESSION_OPTIONS = "GetSessionOptions"
+CANCEL_FLIGHT_INFO = "CancelFlightInfo"
+CANCEL_QUERY = "CancelQuery"  # Flight SQL's older name, still sent by some clients
 
 _ACTIONS = [
     (CREATE_PREPARED, "Create a prepared statement; body: ActionCreatePreparedStatementRequest"),
@@ -46,6 +48,7 @@ _ACTIONS = [
                           "body: SetSessionOptionsRequest"),
     (GET_SESSION_OPTIONS, "Get session options; body: GetSessionOptionsRequest"),
     (CLOSE_SESSION, "Close the client's session; body: CloseSessionRequest"),
+    (CANCEL_FLIGHT_INFO, "Cancel a running query; body: CancelFlightInfoRequest"),
 ]
 
 
@@ -148,6 +151,22 @@ class FlightSqlHandler:
         if kind == GET_SESSION_OPTIONS:
             parse_plain(fpb.GetSessionOptionsRequest, body)
             return iter([self._sessions.get_options(call).SerializeToString()])
+        if kind == CANCEL_FLIGHT_INFO:
+            cancel = parse_plain(fpb.CancelFlightInfoRequest, body)
+            assert isinstance(cancel, fpb.CancelFlightInfoRequest)
+            status = (fpb.CANCEL_STATUS_CANCELLED if self._statements.cancel(cancel.info)
+                      else fpb.CANCEL_STATUS_NOT_CANCELLABLE)
+            return iter([fpb.CancelFlightInfoResult(status=status).SerializeToString()])
+        if kind == CANCEL_QUERY:
+            legacy = unpack(body)
+            if not isinstance(legacy, sql.ActionCancelQueryRequest):
+                raise InvalidArgument("CancelQuery needs its request message")
+            info = parse_plain(fpb.FlightInfo, legacy.info)
+            assert isinstance(info, fpb.FlightInfo)
+            result = (sql.ActionCancelQueryResult.CANCEL_RESULT_CANCELLED
+                      if self._statements.cancel(info)
+                      else sql.ActionCancelQueryResult.CANCEL_RESULT_NOT_CANCELLABLE)
+            return iter([pack(sql.ActionCancelQueryResult(result=result))])
         if kind == CLOSE_SESSION:
             parse_plain(fpb.CloseSessionRequest, body)
             return iter([self._sessions.close(call).SerializeToString()])

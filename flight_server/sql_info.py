@@ -80,7 +80,7 @@ def server_values(server_version: str, read_only: bool) -> dict[str, tuple[int, 
         "FLIGHT_SQL_SERVER_SUBSTRAIT_MAX_VERSION": (_STRING, ""),
         "FLIGHT_SQL_SERVER_TRANSACTION": (
             _INT32, v.SqlSupportedTransaction.Value("SQL_SUPPORTED_TRANSACTION_NONE")),
-        "FLIGHT_SQL_SERVER_CANCEL": (_BOOL, False),
+        "FLIGHT_SQL_SERVER_CANCEL": (_BOOL, True),
         "FLIGHT_SQL_SERVER_BULK_INGESTION": (_BOOL, True),
         "FLIGHT_SQL_SERVER_INGEST_TRANSACTIONS_SUPPORTED": (_BOOL, False),
         "FLIGHT_SQL_SERVER_STATEMENT_TIMEOUT": (_INT32, 0),

@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from engine import PlannedQuery, SqlEngine
+from flight_server.errors import InvalidArgument, NotFound
 from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.handles import HandleStore
-from flight_server.protocol import flight_info, pack
+from flight_server.protocol import flight_info, pack, unpack
 
 _QUERY_TTL_S = 600.0
+
+
+@dataclass
+class _Pending:
+    query: PlannedQuery
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 class Statements:
     def __init__(self, engine: SqlEngine) -> None:
         self._engine = engine
-        self._planned: HandleStore[PlannedQuery] = HandleStore("statement", _QUERY_TTL_S)
+        self._planned: HandleStore[_Pending] = HandleStore("statement", _QUERY_TTL_S)
 
     def flight_info(self, query: PlannedQuery, descriptor: fpb.FlightDescriptor) -> fpb.FlightInfo:
         """Keep `query` for DoGet and describe its one endpoint on this server."""
-        handle = self._planned.add(query)
+        handle = self._planned.add(_Pending(query))
         ticket = pack(sql.TicketStatementQuery(statement_handle=handle))
         return flight_info(query.schema, descriptor, ticket)
 
@@ -30,12 +39,31 @@ class Statements:
         self, ticket: sql.TicketStatementQuery, is_cancelled: Callable[[], bool]
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         handle = ticket.statement_handle
-        query = self._planned.get(handle)
+        pending = self._planned.get(handle)
+
+        def cancelled() -> bool:
+            return pending.cancelled.is_set() or is_cancelled()
 
         def batches() -> Iterator[pa.RecordBatch]:
             try:
-                yield from self._engine.stream(query, is_cancelled)
+                yield from self._engine.stream(pending.query, cancelled)
             finally:
                 self._planned.remove_if_present(handle)
 
-        return query.schema, batches()
+        return pending.query.schema, batches()
+
+    def cancel(self, info: fpb.FlightInfo) -> bool:
+        """Stop the statements behind `info`'s tickets; False if none is known any more."""
+        found = False
+        for endpoint in info.endpoint:
+            try:
+                ticket = unpack(endpoint.ticket.ticket)
+            except InvalidArgument:
+                continue
+            if isinstance(ticket, sql.TicketStatementQuery):
+                try:
+                    self._planned.get(ticket.statement_handle).cancelled.set()
+                    found = True
+                except NotFound:
+                    continue
+        return found

@@ -1,0 +1,175 @@
+"""Cancelling running queries (gRPC cancel, ADBC adbc_cancel, CancelFlightInfo) and the
+bounded query queue."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import adbc_driver_manager
+import grpc
+import pyarrow.flight as flight
+import pytest
+
+from flight_server.generated import Flight_pb2 as fpb
+from flight_server.generated import FlightSql_pb2 as sql
+from flight_server.protocol import pack
+from tests.conftest import adbc_connect
+from tests.flight_raw import bearer, grpc_status_of_query
+from tests.servers import RunningServer, start_server
+
+TOKEN = "cancel-token"
+SLOW = ("SELECT count(*) FROM tpch.lineitem a, tpch.lineitem b "
+        "WHERE a.l_orderkey + b.l_orderkey > 5")
+
+
+@pytest.fixture(scope="module")
+def one_slot(demo_warehouse: Path, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[RunningServer]:
+    """One query runs at a time, one may wait; a 30 s timeout guards against hangs."""
+    running = start_server(
+        demo_warehouse, tmp_path_factory.mktemp("cancel"),
+        args=["--max-concurrent-queries", "1", "--max-queued-queries", "1",
+              "--query-timeout", "30"],
+        env={"KRISHIV_COORDINATOR_BEARER_TOKEN": TOKEN}, token=TOKEN)
+    yield running
+    running.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _assert_cpu_freed(pid: int) -> None:
+    """A query still running burns about a CPU-second per second; noise stays far below."""
+    time.sleep(1.0)
+    windows = []
+    for _ in range(3):
+        before = _cpu_seconds(pid)
+        time.sleep(1.0)
+        windows.append(_cpu_seconds(pid) - before)
+        if windows[-1] < 0.2:
+            return
+    raise AssertionError(f"server still busy after cancel: {windows}")
+
+
+def _wait_busy(pid: int) -> None:
+    """Until the slow query is really running on the server."""
+    for _ in range(50):
+        before = _cpu_seconds(pid)
+        time.sleep(0.2)
+        if _cpu_seconds(pid) - before > 0.1:
+            return
+    raise AssertionError("query never started")
+
+
+def _drain(port: int, ticket: bytes) -> int:
+    """DoGet with grpcio (pyarrow's reader turns a server CANCELLED into KeyboardInterrupt)."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        do_get = channel.unary_stream("/arrow.flight.protocol.FlightService/DoGet",
+                                      request_serializer=fpb.Ticket.SerializeToString,
+                                      response_deserializer=fpb.FlightData.FromString)
+        stream = do_get(fpb.Ticket(ticket=ticket), metadata=[("authorization",
+                                                              f"Bearer {TOKEN}")])
+        return sum(1 for _ in stream)
+    finally:
+        channel.close()
+
+
+class _Background:
+    """Runs `target` in a thread and keeps the exception it ended with."""
+
+    def __init__(self, target: object) -> None:
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+        def run() -> None:
+            try:
+                target()  # type: ignore[operator]
+            except BaseException as exc:
+                self.error = exc
+            finally:
+                self.done.set()
+
+        threading.Thread(target=run, daemon=True).start()
+
+
+def test_adbc_cancel_stops_the_query(one_slot: RunningServer) -> None:
+    conn = adbc_connect(one_slot)
+    cur = conn.cursor()
+
+    def run() -> None:
+        cur.execute(SLOW)
+        cur.fetchall()
+
+    work = _Background(run)
+    _wait_busy(one_slot.process.pid)
+    cur.adbc_cancel()
+    assert work.done.wait(10), "cancel did not end the query"
+    assert isinstance(work.error, adbc_driver_manager.Error)
+    _assert_cpu_freed(one_slot.process.pid)
+    cur.close()
+    conn.close()
+
+
+def test_cancel_flight_info_stops_the_query(one_slot: RunningServer) -> None:
+    client = flight.connect(one_slot.uri)
+    options = bearer(TOKEN)
+    descriptor = flight.FlightDescriptor.for_command(
+        pack(sql.CommandStatementQuery(query=SLOW)))
+    info = client.get_flight_info(descriptor, options)
+    ticket = info.endpoints[0].ticket.ticket
+    work = _Background(lambda: _drain(one_slot.port, ticket))
+    _wait_busy(one_slot.process.pid)
+    request = fpb.CancelFlightInfoRequest(info=fpb.FlightInfo.FromString(info.serialize()))
+    (result,) = client.do_action(flight.Action("CancelFlightInfo", request.SerializeToString()),
+                                 options)
+    status = fpb.CancelFlightInfoResult.FromString(result.body.to_pybytes()).status
+    assert status == fpb.CANCEL_STATUS_CANCELLED
+    assert work.done.wait(10)
+    assert isinstance(work.error, grpc.RpcError)
+    assert work.error.code() == grpc.StatusCode.CANCELLED
+    _assert_cpu_freed(one_slot.process.pid)
+    (again,) = client.do_action(flight.Action("CancelFlightInfo", request.SerializeToString()),
+                                options)
+    assert fpb.CancelFlightInfoResult.FromString(again.body.to_pybytes()).status == (
+        fpb.CANCEL_STATUS_NOT_CANCELLABLE)
+    client.close()
+
+
+def test_full_queue_is_unavailable_at_once(one_slot: RunningServer) -> None:
+    client = flight.connect(one_slot.uri)
+    options = bearer(TOKEN)
+    descriptor = flight.FlightDescriptor.for_command(
+        pack(sql.CommandStatementQuery(query=SLOW)))
+    info = client.get_flight_info(descriptor, options)
+    ticket = info.endpoints[0].ticket.ticket
+    running = _Background(lambda: _drain(one_slot.port, ticket))
+    _wait_busy(one_slot.process.pid)
+    waiting_client = flight.connect(one_slot.uri)
+    quick = flight.FlightDescriptor.for_command(
+        pack(sql.CommandStatementQuery(query="SELECT count(*) AS n FROM tpch.region")))
+    quick_info = waiting_client.get_flight_info(quick, options)
+    waiting: list[int] = []
+    quick_ticket = quick_info.endpoints[0].ticket.ticket
+    queued = _Background(lambda: waiting.append(_drain(one_slot.port, quick_ticket)))
+    time.sleep(0.5)
+    assert not queued.done.is_set()  # it waits for the running query's slot
+    started = time.monotonic()
+    code, message = grpc_status_of_query(one_slot.port, "SELECT 1", TOKEN)
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert message.startswith("server busy")
+    assert time.monotonic() - started < 2
+    request = fpb.CancelFlightInfoRequest(info=fpb.FlightInfo.FromString(info.serialize()))
+    list(client.do_action(flight.Action("CancelFlightInfo", request.SerializeToString()),
+                          options))
+    assert running.done.wait(10) and queued.done.wait(10)
+    assert queued.error is None
+    assert waiting == [2]  # the schema message and one batch
+    client.close()
+    waiting_client.close()
