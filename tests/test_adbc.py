@@ -174,3 +174,16 @@ def test_parameter_of_wrong_type_is_invalid_argument(conn: flightsql.Connection)
         cur.fetchall()
     assert err.value.status_code == adbc_driver_manager.AdbcStatusCode.INVALID_ARGUMENT
     assert "Traceback" not in str(err.value)
+
+
+def test_explain_and_explain_analyze(conn: flightsql.Connection) -> None:
+    with conn.cursor() as cur:
+        cur.execute("EXPLAIN SELECT count(*) FROM tpch.lineitem WHERE l_quantity > 10")
+        rows = dict(cur.fetchall())
+        assert set(rows) == {"logical_plan", "physical_plan"}
+        assert "Filter" in rows["logical_plan"] and "lineitem" in rows["logical_plan"]
+        assert "AggregateExec" in rows["physical_plan"]
+        cur.execute("EXPLAIN ANALYZE SELECT count(*) FROM tpch.lineitem WHERE l_quantity > 10")
+        ((kind, plan),) = cur.fetchall()
+        assert kind == "Plan with Metrics"
+        assert "output_rows=" in plan

@@ -47,4 +47,9 @@ def test_flightsql_dbapi_and_sqlalchemy(server: RunningServer, client_python: Pa
     assert seen["reflected_columns"] == ["r_regionkey", "r_name", "r_comment"]
     assert seen["orm_select"] == ["ASIA"]
     assert "lineitem" in seen["tables"] and len(seen["tables"]) == 8
+    assert {"tpch", "public"} <= set(seen["schemas"])
+    assert seen["insert_count"] == [2]
+    assert seen["written"] == ["two"]
+    assert seen["update_count"] == 1
+    assert seen["sa_created"] == 5
     assert sys.executable != str(client_python)

@@ -25,6 +25,13 @@ def main(port: int, user: str, password: str) -> None:
     cursor.execute("SELECT n_name FROM tpch.nation WHERE n_nationkey = ?", [5])
     seen["parameter"] = [row[0] for row in cursor.fetchall()]
     seen["description"] = [d[0] for d in cursor.description]
+    cursor.execute("CREATE TABLE public.dbapi_notes (id BIGINT NOT NULL, note VARCHAR)")
+    cursor.execute("INSERT INTO public.dbapi_notes VALUES (1, 'one'), (2, 'two')")
+    seen["insert_count"] = [row[0] for row in cursor.fetchall()]
+    cursor.execute("SELECT note FROM public.dbapi_notes WHERE id = ?", [2])
+    seen["written"] = [row[0] for row in cursor.fetchall()]
+    seen["update_count"] = client.execute_update("INSERT INTO public.dbapi_notes VALUES (3, 'x')")
+    cursor.execute("DROP TABLE public.dbapi_notes")
     cursor.close()
     conn.close()
 
@@ -41,8 +48,14 @@ def main(port: int, user: str, password: str) -> None:
         seen["reflected_columns"] = [c.name for c in region.columns]
         query = sqlalchemy.select(region.c.r_name).where(region.c.r_regionkey == 2)
         seen["orm_select"] = [row[0] for row in connection.execute(query)]
+        connection.execute(sqlalchemy.text("CREATE TABLE public.sa_items AS "
+                                           "SELECT r_regionkey AS k FROM tpch.region"))
+        seen["sa_created"] = connection.execute(
+            sqlalchemy.text("SELECT count(*) FROM public.sa_items")).scalar()
+        connection.execute(sqlalchemy.text("DROP TABLE public.sa_items"))
     inspector = sqlalchemy.inspect(engine)
     seen["tables"] = sorted(inspector.get_table_names(schema="tpch"))
+    seen["schemas"] = sorted(inspector.get_schema_names())
     print(json.dumps(seen))
 
 
