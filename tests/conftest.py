@@ -58,3 +58,10 @@ def conn(server: RunningServer) -> Iterator[flightsql.Connection]:
     connection = adbc_connect(server)
     yield connection
     connection.close()
+
+
+def fetch_rows(conn: flightsql.Connection, query: str) -> list[tuple[object, ...]]:
+    """All rows of `query` through an ADBC cursor."""
+    with conn.cursor() as cur:
+        cur.execute(query)
+        return cur.fetchall()

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +54,10 @@ def start_server(
     token: str | None = None,
     ready_timeout_s: float = 180.0,
 ) -> RunningServer:
+    """A `krishiv serve` process; `token`, when given, is the one bearer token it accepts
+    (unless `env` sets the token variables itself)."""
+    if token is not None and not any(k.startswith("KRISHIV_COORDINATOR_BEARER") for k in env or {}):
+        env = {**(env or {}), "KRISHIV_COORDINATOR_BEARER_TOKEN": token}
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("KRISHIV_")}
@@ -65,6 +71,17 @@ def start_server(
     server = RunningServer(process, port, log_path, token)
     wait_until_ready(server, ready_timeout_s)
     return server
+
+
+@contextmanager
+def running_server(warehouse: Path, log_dir: Path, args: list[str] | None = None,
+                   token: str | None = None) -> Iterator[RunningServer]:
+    """start_server for a `with` block, always stopped at its end."""
+    server = start_server(warehouse, log_dir, args=args, token=token)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def wait_until_ready(server: RunningServer, timeout_s: float) -> None:

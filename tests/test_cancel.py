@@ -19,7 +19,7 @@ from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.protocol import pack
 from tests.conftest import adbc_connect
 from tests.flight_raw import bearer, grpc_status_of_query
-from tests.servers import RunningServer, start_server
+from tests.servers import RunningServer, running_server
 
 TOKEN = "cancel-token"
 SLOW = ("SELECT count(*) FROM tpch.lineitem a, tpch.lineitem b "
@@ -30,13 +30,9 @@ SLOW = ("SELECT count(*) FROM tpch.lineitem a, tpch.lineitem b "
 def one_slot(demo_warehouse: Path, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[RunningServer]:
     """One query runs at a time, one may wait; a 30 s timeout guards against hangs."""
-    running = start_server(
-        demo_warehouse, tmp_path_factory.mktemp("cancel"),
-        args=["--max-concurrent-queries", "1", "--max-queued-queries", "1",
-              "--query-timeout", "30"],
-        env={"KRISHIV_COORDINATOR_BEARER_TOKEN": TOKEN}, token=TOKEN)
-    yield running
-    running.stop()
+    args = ["--max-concurrent-queries", "1", "--max-queued-queries", "1", "--query-timeout", "30"]
+    with running_server(demo_warehouse, tmp_path_factory.mktemp("cancel"), args, TOKEN) as server:
+        yield server
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -99,6 +95,17 @@ class _Background:
         threading.Thread(target=run, daemon=True).start()
 
 
+def _start_slow_query(client: flight.FlightClient, server: RunningServer
+                      ) -> tuple[flight.FlightInfo, _Background]:
+    """Plan SLOW and stream it in the background until it is busy on the server."""
+    descriptor = flight.FlightDescriptor.for_command(pack(sql.CommandStatementQuery(query=SLOW)))
+    info = client.get_flight_info(descriptor, bearer(TOKEN))
+    ticket = info.endpoints[0].ticket.ticket
+    work = _Background(lambda: _drain(server.port, ticket))
+    _wait_busy(server.process.pid)
+    return info, work
+
+
 def test_adbc_cancel_stops_the_query(one_slot: RunningServer) -> None:
     conn = adbc_connect(one_slot)
     cur = conn.cursor()
@@ -120,12 +127,7 @@ def test_adbc_cancel_stops_the_query(one_slot: RunningServer) -> None:
 def test_cancel_flight_info_stops_the_query(one_slot: RunningServer) -> None:
     client = flight.connect(one_slot.uri)
     options = bearer(TOKEN)
-    descriptor = flight.FlightDescriptor.for_command(
-        pack(sql.CommandStatementQuery(query=SLOW)))
-    info = client.get_flight_info(descriptor, options)
-    ticket = info.endpoints[0].ticket.ticket
-    work = _Background(lambda: _drain(one_slot.port, ticket))
-    _wait_busy(one_slot.process.pid)
+    info, work = _start_slow_query(client, one_slot)
     request = fpb.CancelFlightInfoRequest(info=fpb.FlightInfo.FromString(info.serialize()))
     (result,) = client.do_action(flight.Action("CancelFlightInfo", request.SerializeToString()),
                                  options)
@@ -145,12 +147,7 @@ def test_cancel_flight_info_stops_the_query(one_slot: RunningServer) -> None:
 def test_full_queue_is_unavailable_at_once(one_slot: RunningServer) -> None:
     client = flight.connect(one_slot.uri)
     options = bearer(TOKEN)
-    descriptor = flight.FlightDescriptor.for_command(
-        pack(sql.CommandStatementQuery(query=SLOW)))
-    info = client.get_flight_info(descriptor, options)
-    ticket = info.endpoints[0].ticket.ticket
-    running = _Background(lambda: _drain(one_slot.port, ticket))
-    _wait_busy(one_slot.process.pid)
+    info, running = _start_slow_query(client, one_slot)
     waiting_client = flight.connect(one_slot.uri)
     quick = flight.FlightDescriptor.for_command(
         pack(sql.CommandStatementQuery(query="SELECT count(*) AS n FROM tpch.region")))

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from tests.conftest import adbc_connect
-from tests.servers import RunningServer, start_server
+from tests.conftest import adbc_connect, fetch_rows
+from tests.servers import RunningServer, running_server
 
 TOKEN = "ingest-token"
 CAP_BYTES = 64 * 1024 * 1024
@@ -21,10 +21,8 @@ CAP_BYTES = 64 * 1024 * 1024
 @pytest.fixture(scope="module")
 def ingest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("ingest")
-    running = start_server(root / "warehouse", root, args=["--max-upload", "64M"],
-                           env={"KRISHIV_COORDINATOR_BEARER_TOKEN": TOKEN}, token=TOKEN)
-    yield running
-    running.stop()
+    with running_server(root / "warehouse", root, ["--max-upload", "64M"], TOKEN) as server:
+        yield server
 
 
 @pytest.fixture()
@@ -32,12 +30,6 @@ def iconn(ingest_server: RunningServer) -> Iterator[flightsql.Connection]:
     connection = adbc_connect(ingest_server)
     yield connection
     connection.close()
-
-
-def _rows(conn: flightsql.Connection, query: str) -> list[tuple[object, ...]]:
-    with conn.cursor() as cur:
-        cur.execute(query)
-        return cur.fetchall()
 
 
 def _ingest(conn: flightsql.Connection, table: str, data: pa.Table | pa.RecordBatchReader,
@@ -63,17 +55,17 @@ def _error(conn: flightsql.Connection, table: str, data: pa.Table | pa.RecordBat
 
 def test_create_then_fail_on_existing(iconn: flightsql.Connection) -> None:
     assert _ingest(iconn, "made", _data(0, 3), "create") == 3
-    assert _rows(iconn, "SELECT id, label FROM public.made ORDER BY id") == [
+    assert fetch_rows(iconn, "SELECT id, label FROM public.made ORDER BY id") == [
         (0, "0"), (1, "1"), (2, "2")]
     err = _error(iconn, "made", _data(10, 1), "create")
     assert err.status_code == adbc_driver_manager.AdbcStatusCode.ALREADY_EXISTS
-    assert _rows(iconn, "SELECT count(*) FROM public.made") == [(3,)]
+    assert fetch_rows(iconn, "SELECT count(*) FROM public.made") == [(3,)]
 
 
 def test_append_and_its_failures(iconn: flightsql.Connection) -> None:
     _ingest(iconn, "grown", _data(0, 2), "create")
     assert _ingest(iconn, "grown", _data(2, 3), "append") == 3
-    assert _rows(iconn, "SELECT count(*), max(id) FROM public.grown") == [(5, 4)]
+    assert fetch_rows(iconn, "SELECT count(*), max(id) FROM public.grown") == [(5, 4)]
     missing = _error(iconn, "never_made", _data(0, 1), "append")
     assert missing.status_code == adbc_driver_manager.AdbcStatusCode.NOT_FOUND
     wrong = pa.table({"id": ["not", "ints"], "label": ["a", "b"]})
@@ -82,32 +74,32 @@ def test_append_and_its_failures(iconn: flightsql.Connection) -> None:
     narrow = pa.table({"id": pa.array([9], pa.int64())})
     assert _error(iconn, "grown", narrow, "append").status_code == (
         adbc_driver_manager.AdbcStatusCode.INVALID_ARGUMENT)
-    assert _rows(iconn, "SELECT count(*), max(id) FROM public.grown") == [(5, 4)]
+    assert fetch_rows(iconn, "SELECT count(*), max(id) FROM public.grown") == [(5, 4)]
 
 
 def test_replace_and_create_append(iconn: flightsql.Connection) -> None:
     _ingest(iconn, "swapped", _data(0, 5), "create")
     assert _ingest(iconn, "swapped", _data(100, 2), "replace") == 2
-    assert _rows(iconn, "SELECT id FROM public.swapped ORDER BY id") == [(100,), (101,)]
+    assert fetch_rows(iconn, "SELECT id FROM public.swapped ORDER BY id") == [(100,), (101,)]
     other = pa.table({"x": pa.array([1.5, 2.5])})
     assert _ingest(iconn, "swapped", other, "replace") == 2
-    assert _rows(iconn, "SELECT x FROM public.swapped ORDER BY x") == [(1.5,), (2.5,)]
+    assert fetch_rows(iconn, "SELECT x FROM public.swapped ORDER BY x") == [(1.5,), (2.5,)]
     assert _ingest(iconn, "fresh", _data(0, 1), "replace") == 1
     assert _ingest(iconn, "either", _data(0, 2), "create_append") == 2
     assert _ingest(iconn, "either", _data(2, 2), "create_append") == 2
-    assert _rows(iconn, "SELECT count(*) FROM public.either") == [(4,)]
+    assert fetch_rows(iconn, "SELECT count(*) FROM public.either") == [(4,)]
 
 
 def test_schema_and_catalog_targets(iconn: flightsql.Connection) -> None:
-    _rows(iconn, "CREATE SCHEMA landing")
+    fetch_rows(iconn, "CREATE SCHEMA landing")
     assert _ingest(iconn, "events", _data(0, 4), "create", db_schema_name="landing") == 4
-    assert _rows(iconn, "SELECT count(*) FROM landing.events") == [(4,)]
+    assert fetch_rows(iconn, "SELECT count(*) FROM landing.events") == [(4,)]
     assert _ingest(iconn, "events", _data(4, 1), "append", catalog_name="krishiv",
                    db_schema_name="landing") == 1
     err = _error(iconn, "events", _data(0, 1), "append", catalog_name="elsewhere",
                  db_schema_name="landing")
     assert err.status_code == adbc_driver_manager.AdbcStatusCode.NOT_FOUND
-    assert _rows(iconn, "SELECT count(*) FROM landing.events") == [(5,)]
+    assert fetch_rows(iconn, "SELECT count(*) FROM landing.events") == [(5,)]
 
 
 def test_large_stream_of_many_batches(iconn: flightsql.Connection) -> None:
@@ -115,7 +107,7 @@ def test_large_stream_of_many_batches(iconn: flightsql.Connection) -> None:
     reader = pa.RecordBatchReader.from_batches(data.schema, data.to_batches(max_chunksize=10_000))
     with iconn.cursor() as cur:
         assert cur.adbc_ingest("big", reader, mode="create") == 1_200_000
-    assert _rows(iconn, "SELECT count(*), sum(id), count(DISTINCT label) FROM public.big") == [
+    assert fetch_rows(iconn, "SELECT count(*), sum(id), count(DISTINCT label) FROM public.big") == [
         (1_200_000, 1_200_000 * 1_199_999 // 2, 1_200_000)]
 
 
@@ -128,5 +120,5 @@ def test_oversized_upload_is_refused_and_changes_nothing(iconn: flightsql.Connec
     err = _error(iconn, "capped", batches, "append")
     assert "exceeds the server's limit" in str(err)
     assert err.vendor_code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
-    assert _rows(iconn, "SELECT count(*) FROM public.capped") == [(10,)]
-    assert _rows(iconn, "SELECT 1") == [(1,)]  # still serving
+    assert fetch_rows(iconn, "SELECT count(*) FROM public.capped") == [(10,)]
+    assert fetch_rows(iconn, "SELECT 1") == [(1,)]  # still serving

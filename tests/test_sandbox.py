@@ -16,7 +16,7 @@ import pytest
 from flight_server.generated import FlightSql_pb2 as sql
 from tests.conftest import adbc_connect
 from tests.flight_raw import bearer, fetch, grpc_status_of_query
-from tests.servers import RunningServer, start_server
+from tests.servers import RunningServer, running_server
 
 CROSS_JOIN = ("SELECT count(*) FROM tpch.lineitem a, tpch.lineitem b "
               "WHERE a.l_orderkey + b.l_orderkey > 5")
@@ -26,13 +26,10 @@ BIG_AGGREGATE = "SELECT l_orderkey, array_agg(l_comment) FROM tpch.lineitem GROU
 @pytest.fixture(scope="module")
 def limited(demo_warehouse: Path, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[RunningServer]:
-    running = start_server(
-        demo_warehouse, tmp_path_factory.mktemp("limited"),
-        args=["--memory-limit", "2M", "--query-timeout", "2"],
-        env={"KRISHIV_COORDINATOR_BEARER_TOKEN": "limit-token"}, token="limit-token",
-    )
-    yield running
-    running.stop()
+    args = ["--memory-limit", "2M", "--query-timeout", "2"]
+    with running_server(demo_warehouse, tmp_path_factory.mktemp("limited"), args,
+                        "limit-token") as server:
+        yield server
 
 
 def _query(server: RunningServer, text: str) -> object:

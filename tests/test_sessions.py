@@ -12,7 +12,8 @@ import grpc
 import pytest
 
 from flight_server.generated import Flight_pb2 as fpb
-from tests.servers import RunningServer, start_server
+from tests.conftest import fetch_rows
+from tests.servers import RunningServer, running_server
 
 TOKEN = "session-token"
 USERS = "carol:secret\n"
@@ -25,10 +26,8 @@ def session_server(demo_warehouse: Path, tmp_path_factory: pytest.TempPathFactor
     root = tmp_path_factory.mktemp("sessions")
     users = root / "users"
     users.write_text(USERS)
-    running = start_server(demo_warehouse, root, args=["--users-file", str(users)],
-                           env={"KRISHIV_COORDINATOR_BEARER_TOKEN": TOKEN}, token=TOKEN)
-    yield running
-    running.stop()
+    with running_server(demo_warehouse, root, ["--users-file", str(users)], TOKEN) as server:
+        yield server
 
 
 def _connect(server: RunningServer, cookies: bool = False, **conn_kwargs: str
@@ -48,36 +47,30 @@ def _options(conn: flightsql.Connection) -> dict[str, str]:
     return json.loads(conn.adbc_connection.get_option("adbc.flight.sql.session.options"))
 
 
-def _rows(conn: flightsql.Connection, query: str) -> list[tuple[object, ...]]:
-    with conn.cursor() as cur:
-        cur.execute(query)
-        return cur.fetchall()
-
-
 def test_schema_option_by_token(session_server: RunningServer) -> None:
     with _connect(session_server) as conn:
         assert _options(conn) == {"catalog": "krishiv", "schema": "public",
                                   "dialect": "datafusion"}
         _set(conn, schema="tpch")
         assert _options(conn)["schema"] == "tpch"
-        assert _rows(conn, "SELECT count(*) FROM nation") == [(25,)]
+        assert fetch_rows(conn, "SELECT count(*) FROM nation") == [(25,)]
     with _connect(session_server) as other:  # another login: its own session
         with pytest.raises(adbc_driver_manager.Error) as err:
-            _rows(other, "SELECT count(*) FROM nation")
+            fetch_rows(other, "SELECT count(*) FROM nation")
         assert err.value.status_code == adbc_driver_manager.AdbcStatusCode.NOT_FOUND
 
 
 def test_dialect_option_by_cookie(session_server: RunningServer) -> None:
     with _connect(session_server, cookies=True) as conn:
         _set(conn, dialect="tsql", schema="tpch")
-        assert _rows(conn, "SELECT TOP 2 n_name FROM nation ORDER BY n_nationkey") == [
+        assert fetch_rows(conn, "SELECT TOP 2 n_name FROM nation ORDER BY n_nationkey") == [
             ("ALGERIA",), ("ARGENTINA",)]
         with pytest.raises(adbc_driver_manager.Error) as err:
-            _rows(conn, "SELECT FROM WHERE")
+            fetch_rows(conn, "SELECT FROM WHERE")
         assert err.value.status_code == adbc_driver_manager.AdbcStatusCode.INVALID_ARGUMENT
         assert "tsql SQL error at line 1, column" in str(err.value)
         _set(conn, dialect="datafusion")
-        assert _rows(conn, "SELECT n_name FROM nation ORDER BY n_nationkey LIMIT 1") == [
+        assert fetch_rows(conn, "SELECT n_name FROM nation ORDER BY n_nationkey LIMIT 1") == [
             ("ALGERIA",)]
 
 
@@ -100,7 +93,7 @@ def test_dialect_option_by_cookie(session_server: RunningServer) -> None:
 )
 def test_dialect_header(session_server: RunningServer, dialect: str, query: str) -> None:
     with _connect(session_server, **{"adbc.flight.sql.rpc.call_header.dialect": dialect}) as c:
-        assert _rows(c, query) == [("ARGENTINA",), ("BRAZIL",)]
+        assert fetch_rows(c, query) == [("ARGENTINA",), ("BRAZIL",)]
 
 
 def test_bad_options_are_reported(session_server: RunningServer) -> None:

@@ -10,7 +10,7 @@ import adbc_driver_manager
 import pytest
 
 from tests.certs import Certs, make_certs
-from tests.servers import RunningServer, start_server
+from tests.servers import RunningServer, running_server, start_server
 
 ROOTS = "adbc.flight.sql.client_option.tls_root_certs"
 
@@ -23,20 +23,18 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 @pytest.fixture(scope="module")
 def tls_server(demo_warehouse: Path, certs: Certs, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[RunningServer]:
-    running = start_server(demo_warehouse, tmp_path_factory.mktemp("tls"), args=[
-        "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)])
-    yield running
-    running.stop()
+    args = ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)]
+    with running_server(demo_warehouse, tmp_path_factory.mktemp("tls"), args) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def mtls_server(demo_warehouse: Path, certs: Certs, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[RunningServer]:
-    running = start_server(demo_warehouse, tmp_path_factory.mktemp("mtls"), args=[
-        "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
-        "--tls-client-ca", str(certs.ca)])
-    yield running
-    running.stop()
+    args = ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
+            "--tls-client-ca", str(certs.ca)]
+    with running_server(demo_warehouse, tmp_path_factory.mktemp("mtls"), args) as server:
+        yield server
 
 
 def _count(uri: str, **db_kwargs: str) -> int:

@@ -14,9 +14,9 @@ import pytest
 
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.protocol import pack
-from tests.conftest import adbc_connect
+from tests.conftest import adbc_connect, fetch_rows
 from tests.flight_raw import action, bearer, create_prepared, fetch, grpc_status_of_query
-from tests.servers import RunningServer, start_server
+from tests.servers import RunningServer, running_server, start_server
 
 TOKEN = "writer-token"
 
@@ -25,10 +25,8 @@ TOKEN = "writer-token"
 def write_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A server on its own warehouse: these tests change tables."""
     root = tmp_path_factory.mktemp("writes")
-    running = start_server(root / "warehouse", root, args=["--demo"],
-                           env={"KRISHIV_COORDINATOR_BEARER_TOKEN": TOKEN}, token=TOKEN)
-    yield running
-    running.stop()
+    with running_server(root / "warehouse", root, ["--demo"], TOKEN) as server:
+        yield server
 
 
 @pytest.fixture()
@@ -44,17 +42,13 @@ def _one(conn: flightsql.Connection, query: str) -> object:
         return cur.fetchone()[0]
 
 
-def _run(conn: flightsql.Connection, statement: str) -> list[tuple[object, ...]]:
-    with conn.cursor() as cur:
-        cur.execute(statement)
-        return cur.fetchall()
-
-
 def test_ddl_and_dml_through_adbc(wconn: flightsql.Connection) -> None:
-    assert _run(wconn, "CREATE SCHEMA shop") == [(0,)]
-    _run(wconn, "CREATE TABLE shop.items (id BIGINT NOT NULL, name VARCHAR, price DECIMAL(10,2))")
-    assert _run(wconn, "INSERT INTO shop.items VALUES (1, 'pen', 1.50), (2, NULL, 2.25)") == [(2,)]
-    assert _run(wconn, "INSERT INTO shop.items SELECT n_nationkey + 100, n_name, 0.10 "
+    assert fetch_rows(wconn, "CREATE SCHEMA shop") == [(0,)]
+    fetch_rows(wconn, "CREATE TABLE shop.items "
+                      "(id BIGINT NOT NULL, name VARCHAR, price DECIMAL(10,2))")
+    inserted = fetch_rows(wconn, "INSERT INTO shop.items VALUES (1, 'pen', 1.50), (2, NULL, 2.25)")
+    assert inserted == [(2,)]
+    assert fetch_rows(wconn, "INSERT INTO shop.items SELECT n_nationkey + 100, n_name, 0.10 "
                        "FROM tpch.nation WHERE n_regionkey = 0") == [(5,)]
     with wconn.cursor() as cur:
         cur.execute("SELECT count(*) AS n, CAST(sum(price) AS DOUBLE) AS s, count(name) AS c "
@@ -63,28 +57,28 @@ def test_ddl_and_dml_through_adbc(wconn: flightsql.Connection) -> None:
     schema = wconn.adbc_get_table_schema("items", db_schema_filter="shop")
     assert schema.names == ["id", "name", "price"]
     assert not schema.field("id").nullable
-    _run(wconn, "DROP TABLE shop.items")
-    _run(wconn, "DROP SCHEMA shop")
+    fetch_rows(wconn, "DROP TABLE shop.items")
+    fetch_rows(wconn, "DROP SCHEMA shop")
     schemas = wconn.adbc_get_objects(depth="db_schemas").read_all().to_pylist()
     assert "shop" not in [s["db_schema_name"] for s in schemas[0]["catalog_db_schemas"]]
 
 
 def test_create_table_as_select(wconn: flightsql.Connection) -> None:
     expected = _one(wconn, "SELECT count(*) FROM tpch.orders WHERE o_orderstatus = 'F'")
-    created = _run(wconn, "CREATE TABLE tpch.finished AS SELECT o_orderkey, o_totalprice "
+    created = fetch_rows(wconn, "CREATE TABLE tpch.finished AS SELECT o_orderkey, o_totalprice "
                           "FROM tpch.orders WHERE o_orderstatus = 'F'")
     assert created == [(expected,)]
     assert _one(wconn, "SELECT count(*) FROM tpch.finished") == expected
-    assert _run(wconn, "CREATE TABLE IF NOT EXISTS tpch.finished AS SELECT 1 AS x") == [(0,)]
-    _run(wconn, "DROP TABLE tpch.finished")
-    assert _run(wconn, "DROP TABLE IF EXISTS tpch.finished") == [(0,)]
+    assert fetch_rows(wconn, "CREATE TABLE IF NOT EXISTS tpch.finished AS SELECT 1 AS x") == [(0,)]
+    fetch_rows(wconn, "DROP TABLE tpch.finished")
+    assert fetch_rows(wconn, "DROP TABLE IF EXISTS tpch.finished") == [(0,)]
 
 
 def test_failed_writes_leave_tables_unchanged(
     wconn: flightsql.Connection, write_server: RunningServer
 ) -> None:
-    _run(wconn, "CREATE TABLE public.strict (id BIGINT NOT NULL, v INT)")
-    _run(wconn, "INSERT INTO public.strict VALUES (1, 10), (2, 20)")
+    fetch_rows(wconn, "CREATE TABLE public.strict (id BIGINT NOT NULL, v INT)")
+    fetch_rows(wconn, "INSERT INTO public.strict VALUES (1, 10), (2, 20)")
     failing = [
         ("INSERT INTO public.strict VALUES (3, 30), (NULL, 40)", grpc.StatusCode.INVALID_ARGUMENT),
         ("INSERT INTO public.strict SELECT 5, 10 / (n_nationkey - 3) FROM tpch.nation",
@@ -101,12 +95,12 @@ def test_failed_writes_leave_tables_unchanged(
         got, message = grpc_status_of_query(write_server.port, statement, TOKEN)
         assert got == code, (statement, got, message)
         assert message and "\n" not in message and "Traceback" not in message
-    assert _run(wconn, "SELECT id, v FROM public.strict ORDER BY id") == [(1, 10), (2, 20)]
+    assert fetch_rows(wconn, "SELECT id, v FROM public.strict ORDER BY id") == [(1, 10), (2, 20)]
     tables = wconn.adbc_get_objects(depth="tables", db_schema_filter="public").read_all()
     names = [t["table_name"] for t in tables.to_pylist()[0]["catalog_db_schemas"][0]
              ["db_schema_tables"]]
     assert "broken" not in names and "bad" not in names
-    _run(wconn, "DROP TABLE public.strict")
+    fetch_rows(wconn, "DROP TABLE public.strict")
 
 
 def test_statement_update_via_do_put(write_server: RunningServer) -> None:
@@ -168,12 +162,12 @@ def test_jdbc_style_prepared_update(write_server: RunningServer) -> None:
 
 
 def test_adbc_executemany(wconn: flightsql.Connection) -> None:
-    _run(wconn, "CREATE TABLE public.pairs (k BIGINT, v VARCHAR)")
+    fetch_rows(wconn, "CREATE TABLE public.pairs (k BIGINT, v VARCHAR)")
     with wconn.cursor() as cur:
         cur.executemany("INSERT INTO public.pairs VALUES (?, ?)", [(1, "x"), (2, "y"), (3, "z")])
-    assert _run(wconn, "SELECT k, v FROM public.pairs ORDER BY k") == [(1, "x"), (2, "y"),
+    assert fetch_rows(wconn, "SELECT k, v FROM public.pairs ORDER BY k") == [(1, "x"), (2, "y"),
                                                                         (3, "z")]
-    _run(wconn, "DROP TABLE public.pairs")
+    fetch_rows(wconn, "DROP TABLE public.pairs")
 
 
 def test_ddl_runs_at_get_flight_info_not_do_get(write_server: RunningServer,
@@ -190,16 +184,16 @@ def test_ddl_runs_at_get_flight_info_not_do_get(write_server: RunningServer,
     tables = wconn.adbc_get_objects(depth="tables", db_schema_filter="public").read_all()
     assert "eager" in str(tables.to_pylist())
     client.close()
-    _run(wconn, "DROP TABLE public.eager")
+    fetch_rows(wconn, "DROP TABLE public.eager")
 
 
 def test_new_table_visible_to_other_connections(write_server: RunningServer) -> None:
     with adbc_connect(write_server) as first, adbc_connect(write_server) as second:
-        _run(first, "CREATE TABLE public.shared AS SELECT 42 AS answer")
+        fetch_rows(first, "CREATE TABLE public.shared AS SELECT 42 AS answer")
         assert _one(second, "SELECT answer FROM public.shared") == 42
-        _run(second, "INSERT INTO public.shared VALUES (43)")
+        fetch_rows(second, "INSERT INTO public.shared VALUES (43)")
         assert _one(first, "SELECT max(answer) FROM public.shared") == 43
-        _run(first, "DROP TABLE public.shared")
+        fetch_rows(first, "DROP TABLE public.shared")
 
 
 def test_writes_survive_restart(tmp_path: Path) -> None:
@@ -207,7 +201,7 @@ def test_writes_survive_restart(tmp_path: Path) -> None:
     first = start_server(warehouse, tmp_path)
     try:
         with adbc_connect(first) as conn:
-            _run(conn, "CREATE TABLE public.kept AS SELECT 7 AS seven")
+            fetch_rows(conn, "CREATE TABLE public.kept AS SELECT 7 AS seven")
     finally:
         first.stop()
     second = start_server(warehouse, tmp_path)
@@ -226,9 +220,9 @@ def test_adbc_error_codes_for_writes(wconn: flightsql.Connection) -> None:
 
 def test_primary_keys_and_empty_foreign_keys(write_server: RunningServer,
                                              wconn: flightsql.Connection) -> None:
-    _run(wconn, "CREATE TABLE public.keyed (region VARCHAR NOT NULL, id BIGINT NOT NULL, "
+    fetch_rows(wconn, "CREATE TABLE public.keyed (region VARCHAR NOT NULL, id BIGINT NOT NULL, "
                 "note VARCHAR, PRIMARY KEY (region, id))")
-    _run(wconn, "CREATE TABLE public.plain_t (a INT)")
+    fetch_rows(wconn, "CREATE TABLE public.plain_t (a INT)")
     client = flight.connect(write_server.uri)
     options = bearer(TOKEN)
     info, keys = fetch(client, sql.CommandGetPrimaryKeys(db_schema="public", table="keyed"),
@@ -249,8 +243,8 @@ def test_primary_keys_and_empty_foreign_keys(write_server: RunningServer,
         assert info.schema.field("update_rule").type == pa.uint8()
         assert len(info.schema) == 13
     client.close()
-    _run(wconn, "DROP TABLE public.keyed")
-    _run(wconn, "DROP TABLE public.plain_t")
+    fetch_rows(wconn, "DROP TABLE public.keyed")
+    fetch_rows(wconn, "DROP TABLE public.plain_t")
 
 
 def test_xdbc_type_info_covers_returned_types(write_server: RunningServer) -> None:
