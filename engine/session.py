@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionContext, SQLOptions
 from datafusion.catalog import Table
 from datafusion.plan import LogicalPlan
@@ -47,8 +48,9 @@ class SqlEngine:
         self._runner = StreamRunner()
         self.admission = Admission(config.max_running_queries, config.max_queued_queries)
 
-    def session(self, default_schema: str | None = None, dialect: str = DATAFUSION) -> Session:
-        return Session(self, default_schema or self.config.default_schema, dialect)
+    def session(self, default_schema: str | None = None, dialect: str = DATAFUSION,
+                temporary: dict[str, pa.Table] | None = None) -> Session:
+        return Session(self, default_schema or self.config.default_schema, dialect, temporary)
 
     def resolve_tables(self, sql: str, default_schema: str) -> dict[TableIdent, Table]:
         resolved: dict[TableIdent, Table] = {}
@@ -105,11 +107,13 @@ class Session:
     A context per query gives each query its own memory pool.
     """
 
-    def __init__(self, engine: SqlEngine, default_schema: str, dialect: str = DATAFUSION
-                 ) -> None:
+    def __init__(self, engine: SqlEngine, default_schema: str, dialect: str = DATAFUSION,
+                 temporary: dict[str, pa.Table] | None = None) -> None:
         self.engine = engine
         self.default_schema = default_schema
         self.dialect = dialect
+        # The session's temporary tables, found by unqualified name before catalog tables.
+        self.temporary: dict[str, pa.Table] = temporary if temporary is not None else {}
 
     def _translate(self, sql: str) -> str:
         """Client SQL as DataFusion SQL with numbered placeholders."""
@@ -180,4 +184,6 @@ class Session:
     def _context_for(self, sql: str) -> SessionContext:
         with translated_errors():
             resolved = self.engine.resolve_tables(sql, self.default_schema)
+        for name, rows in self.temporary.items():
+            resolved[TableIdent(self.default_schema, name)] = Table(ds.dataset(rows))
         return self.engine.new_context(self.default_schema, resolved)

@@ -115,15 +115,19 @@ class Authenticator:
         self._lock = threading.Lock()
 
     def accepts_bearer(self, token: str) -> bool:
+        return self.bearer_kind(token) is not None
+
+    def bearer_kind(self, token: str) -> str | None:
+        """'bearer' for a configured token, 'login' for one issued to a Basic user."""
         if not token:
-            return False
+            return None
         file_tokens = self._file.tokens if self._file else ()
         if _matches_any(token, self._static + file_tokens):
-            return True
+            return "bearer"
         now = time.monotonic()
         with self._lock:
             expiry = self._issued.get(token)
-            return expiry is not None and expiry > now
+            return "login" if expiry is not None and expiry > now else None
 
     def login(self, username: str, password: str) -> str | None:
         """A fresh bearer token for a valid user, else None."""
@@ -148,13 +152,14 @@ class Authenticator:
         if not self.enabled:
             return "anonymous", []
         scheme, _, credential = headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and self.accepts_bearer(credential.strip()):
-            return bearer_identity(credential.strip()), []
+        kind = self.bearer_kind(credential.strip()) if scheme.lower() == "bearer" else None
+        if kind is not None:
+            return token_identity(kind, credential.strip()), []
         if scheme.lower() == "basic":
             pair = _decode_basic(credential)
             token = self.login(*pair) if pair else None
             if token:
-                return bearer_identity(token), [("authorization", f"Bearer {token}")]
+                return token_identity("login", token), [("authorization", f"Bearer {token}")]
             raise Unauthenticated("invalid username or password")
         if not scheme:
             raise Unauthenticated("missing credentials: send 'authorization: Bearer <token>'")
@@ -165,9 +170,13 @@ class Authenticator:
             self._file.close()
 
 
-def bearer_identity(token: str) -> str:
-    """A stable name for a token's holder that does not reveal the token."""
-    return "bearer:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+def token_identity(kind: str, token: str) -> str:
+    """A stable name for a token's holder that does not reveal the token.
+
+    `login:` names one Basic login (its issued token); `bearer:` a configured token,
+    which many clients may share.
+    """
+    return f"{kind}:" + hashlib.sha256(token.encode()).hexdigest()[:32]
 
 
 def _decode_basic(value: str) -> tuple[str, str] | None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pyarrow as pa
 
 from catalog import InvalidData, TableIdent
+from catalog.rows import fit_rows
 from engine import Session
 from engine.arrow_types import plain_schema
 from flight_server.errors import (
@@ -53,7 +54,7 @@ def ingest(
     if command.HasField("transaction_id"):
         raise Unimplemented("transactions are not supported")
     if command.temporary:
-        raise Unimplemented("temporary tables are not supported yet")
+        return _ingest_temporary(session, command, read_capped(upload, max_bytes, is_cancelled))
     catalog_name = session.engine.config.catalog_name
     if command.HasField("catalog") and command.catalog not in ("", catalog_name):
         raise NotFound(f"no catalog named {command.catalog}")
@@ -78,6 +79,25 @@ def ingest(
         _replace(session, ident, rows)
     else:
         raise AlreadyExistsError(f"table {ident} already exists")
+    return rows.num_rows
+
+
+def _ingest_temporary(session: Session, command: sql.CommandStatementIngest,
+                      rows: pa.Table) -> int:
+    """Into the session's temporary tables (catalog and schema do not apply)."""
+    tables = session.temporary
+    options = command.table_definition_options
+    current = tables.get(command.table)
+    if current is None:
+        if options.if_not_exist != Options.TABLE_NOT_EXIST_OPTION_CREATE:
+            raise NotFound(f"temporary table {command.table} does not exist")
+        tables[command.table] = rows
+    elif options.if_exists == Options.TABLE_EXISTS_OPTION_APPEND:
+        tables[command.table] = pa.concat_tables([current, fit_rows(rows, current.schema)])
+    elif options.if_exists == Options.TABLE_EXISTS_OPTION_REPLACE:
+        tables[command.table] = rows
+    else:
+        raise AlreadyExistsError(f"temporary table {command.table} already exists")
     return rows.num_rows
 
 

@@ -108,7 +108,8 @@ class FlightSqlHandler:
         elif isinstance(command, sql.CommandStatementUpdate):
             yield self._statement_update(call, command).SerializeToString()
         elif isinstance(command, sql.CommandStatementIngest):
-            session = self._sessions.session_for(call)
+            session = (self._sessions.persistent_session_for(call) if command.temporary
+                       else self._sessions.session_for(call))
             count = ingest(session, command, upload, self._max_upload_bytes, call.is_cancelled)
             yield sql.DoPutUpdateResult(record_count=count).SerializeToString()
         elif isinstance(command, sql.CommandPreparedStatementUpdate):

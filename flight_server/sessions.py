@@ -1,8 +1,9 @@
 """Client sessions: options (catalog, schema, dialect) kept across calls.
 
-A session is found by the `arrow_flight_session_id` cookie, or else by the caller's
-bearer token, so clients without cookie support keep their options too. Calls with
-neither get a fresh default session each time.
+A session is found by the `arrow_flight_session_id` cookie, or else by the bearer token
+issued at the client's Basic login, so clients without cookie support keep their
+options too. Configured tokens are shared by many clients and never name a session.
+Calls with neither get a fresh default session each time.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
+
+import pyarrow as pa
 
 from engine import Session, SqlEngine
 from engine.dialects import DATAFUSION, check_dialect
@@ -30,6 +33,7 @@ class ClientSession:
     id: str
     default_schema: str
     dialect: str = DATAFUSION
+    temporary: dict[str, pa.Table] = field(default_factory=dict)
     used: float = field(default_factory=time.monotonic)
 
 
@@ -44,7 +48,7 @@ class SessionStore:
         cookie = _cookie_value(call.headers.get("cookie", ""))
         if cookie:
             keys.append(f"cookie:{cookie}")
-        if call.identity.startswith("bearer:"):
+        if call.identity.startswith("login:"):
             keys.append(call.identity)
         return keys
 
@@ -62,8 +66,15 @@ class SessionStore:
         """The engine session for this call, with the client's options applied."""
         state = self._find(call)
         dialect = call.headers.get("dialect") or (state.dialect if state else DATAFUSION)
-        schema = state.default_schema if state else self._engine.config.default_schema
-        return self._engine.session(schema, check_dialect(dialect))
+        if state is None:
+            return self._engine.session(None, check_dialect(dialect))
+        return self._engine.session(state.default_schema, check_dialect(dialect), state.temporary)
+
+    def persistent_session_for(self, call: Call) -> Session:
+        """Like session_for, creating a kept session (cookie, token) if the call has none."""
+        state = self._find_or_create(call)
+        dialect = call.headers.get("dialect") or state.dialect
+        return self._engine.session(state.default_schema, check_dialect(dialect), state.temporary)
 
     def _find_or_create(self, call: Call) -> ClientSession:
         found = self._find(call)

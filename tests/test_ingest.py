@@ -122,3 +122,20 @@ def test_oversized_upload_is_refused_and_changes_nothing(iconn: flightsql.Connec
     assert err.vendor_code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert fetch_rows(iconn, "SELECT count(*) FROM public.capped") == [(10,)]
     assert fetch_rows(iconn, "SELECT 1") == [(1,)]  # still serving
+
+
+def test_temporary_tables_belong_to_their_session(ingest_server: RunningServer) -> None:
+    cookies = {"adbc.flight.sql.rpc.with_cookie_middleware": "true",
+               "adbc.flight.sql.authorization_header": f"Bearer {TOKEN}"}
+    with flightsql.connect(ingest_server.uri, db_kwargs=cookies) as mine, \
+            flightsql.connect(ingest_server.uri, db_kwargs=cookies) as theirs:
+        with mine.cursor() as cur:
+            # the reply to this upload carries the session cookie
+            assert cur.adbc_ingest("scratch", _data(0, 3), mode="create", temporary=True) == 3
+            assert cur.adbc_ingest("scratch", _data(3, 2), mode="append", temporary=True) == 2
+        assert fetch_rows(mine, "SELECT count(*), max(id) FROM scratch") == [(5, 4)]
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            fetch_rows(theirs, "SELECT count(*) FROM scratch")
+        assert err.value.status_code == adbc_driver_manager.AdbcStatusCode.NOT_FOUND
+        tables = mine.adbc_get_objects(depth="tables", db_schema_filter="public").read_all()
+        assert "scratch" not in str(tables.to_pylist())  # never written to the catalog
