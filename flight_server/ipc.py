@@ -83,7 +83,7 @@ class PutStream:
     @staticmethod
     def _read_schema(first: fpb.FlightData) -> pa.Schema:
         if not first.data_header:
-            raise InvalidArgument("DoPut must start with a schema message")
+            return pa.schema([])  # a bare descriptor: an update with nothing to bind
         try:
             return pa.ipc.read_schema(pa.ipc.read_message(_encapsulate(first)))
         except (pa.ArrowInvalid, OSError) as exc:

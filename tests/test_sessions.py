@@ -60,6 +60,14 @@ def test_schema_option_by_token(session_server: RunningServer) -> None:
         assert err.value.status_code == adbc_driver_manager.AdbcStatusCode.NOT_FOUND
 
 
+def test_catalog_option_as_the_jdbc_url_sets_it(session_server: RunningServer) -> None:
+    with _connect(session_server) as conn:
+        _set(conn, catalog="krishiv")
+        assert _options(conn)["catalog"] == "krishiv"
+        with pytest.raises(adbc_driver_manager.Error):
+            _set(conn, catalog="not_krishiv")
+
+
 def test_dialect_option_by_cookie(session_server: RunningServer) -> None:
     with _connect(session_server, cookies=True) as conn:
         _set(conn, dialect="tsql", schema="tpch")

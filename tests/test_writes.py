@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.protocol import pack
 from tests.conftest import adbc_connect, fetch_rows
@@ -262,3 +263,20 @@ def test_xdbc_type_info_covers_returned_types(write_server: RunningServer) -> No
     assert only.column("type_name").to_pylist() == ["VARCHAR"]
     assert only.column("literal_prefix").to_pylist() == ["'"]
     client.close()
+
+
+def test_update_with_a_bare_descriptor(write_server: RunningServer) -> None:
+    """A DoPut carrying only the command (no schema message) still runs the update."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{write_server.port}")
+    do_put = channel.stream_stream("/arrow.flight.protocol.FlightService/DoPut",
+                                   request_serializer=fpb.FlightData.SerializeToString,
+                                   response_deserializer=fpb.PutResult.FromString)
+    command = pack(sql.CommandStatementUpdate(query="CREATE TABLE public.bare (a INT)"))
+    message = fpb.FlightData(flight_descriptor=fpb.FlightDescriptor(
+        type=fpb.FlightDescriptor.CMD, cmd=command))
+    (result,) = list(do_put(iter([message]), metadata=[("authorization", f"Bearer {TOKEN}")]))
+    assert sql.DoPutUpdateResult.FromString(result.app_metadata).record_count == 0
+    channel.close()
+    with adbc_connect(write_server) as conn:
+        assert fetch_rows(conn, "SELECT count(*) FROM public.bare") == [(0,)]
+        fetch_rows(conn, "DROP TABLE public.bare")
