@@ -52,4 +52,5 @@ def test_flightsql_dbapi_and_sqlalchemy(server: RunningServer, client_python: Pa
     assert seen["written"] == ["two"]
     assert seen["update_count"] == 1
     assert seen["sa_created"] == 5
+    assert seen["tsql_top"] == ["ALGERIA", "ARGENTINA"]
     assert sys.executable != str(client_python)

@@ -53,6 +53,12 @@ def main(port: int, user: str, password: str) -> None:
         seen["sa_created"] = connection.execute(
             sqlalchemy.text("SELECT count(*) FROM public.sa_items")).scalar()
         connection.execute(sqlalchemy.text("DROP TABLE public.sa_items"))
+    tsql = sqlalchemy.create_engine(
+        f"datafusion://{user}:{password}@127.0.0.1:{port}?insecure=true&dialect=tsql"
+    )  # extra URL parameters travel as call headers
+    with tsql.connect() as connection:
+        seen["tsql_top"] = [row[0] for row in connection.execute(sqlalchemy.text(
+            "SELECT TOP 2 n_name FROM tpch.nation ORDER BY n_nationkey"))]
     inspector = sqlalchemy.inspect(engine)
     seen["tables"] = sorted(inspector.get_table_names(schema="tpch"))
     seen["schemas"] = sorted(inspector.get_schema_names())
