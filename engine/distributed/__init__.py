@@ -1,0 +1,1 @@
+"""The distributed runtime: typed ids, the coordinator's job state machine (no I/O)."""
