@@ -16,6 +16,7 @@ from engine import EngineConfig, SqlEngine
 from engine.demo import DemoDataError, load_tpch_demo
 from flight_server.auth import Authenticator
 from flight_server.config import (
+    AuthConfig,
     ConfigError,
     ServerConfig,
     auth_config,
@@ -23,6 +24,7 @@ from flight_server.config import (
     is_loopback,
     parse_size,
 )
+from flight_server.executor import ShuffleHandler
 from flight_server.server import FlightSqlHandler
 from flight_server.transport import (
     FlightService,
@@ -117,6 +119,51 @@ def serve(
         raise click.ClickException(str(exc)) from None
 
 
+@main.command()
+@click.option("--host", envvar="KRISHIV_EXECUTOR_HOST", default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="KRISHIV_EXECUTOR_PORT", default=50051, show_default=True,
+              type=int)
+@click.option("--work-dir", envvar="KRISHIV_EXECUTOR_WORK_DIR", default="executor-work",
+              show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where this executor keeps shuffle files.")
+@click.option("--insecure", is_flag=True, help="Serve without KRISHIV_EXECUTOR_TASK_BEARER_TOKEN.")
+@click.option("--log-level", envvar="KRISHIV_LOG_LEVEL", default="INFO", show_default=True)
+def executor(host: str, port: int, work_dir: Path, insecure: bool, log_level: str) -> None:
+    """Run an executor's shuffle service (registration with a coordinator: not yet)."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    token = environ().get("KRISHIV_EXECUTOR_TASK_BEARER_TOKEN", "").strip()
+    if not token and not insecure:
+        raise click.ClickException(
+            "set KRISHIV_EXECUTOR_TASK_BEARER_TOKEN (or pass --insecure on every node)")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    authenticator = Authenticator(AuthConfig(tokens=(token,) if token else ()))
+    service = FlightService(ShuffleHandler(work_dir.resolve()), authenticator.authenticate)
+    try:
+        server, bound = start_flight_server(service, host, port, TransportConfig())
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+    print(f"krishiv: executor serving shuffle data on grpc://{host}:{bound}", flush=True)
+    _wait_for_signal()
+    server.stop(grace=5).wait()
+    authenticator.close()
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # Signals may land on a gRPC thread; poll so the main thread notices them.
+    while not stop.wait(0.5):
+        pass
+    log.info("shutting down")
+
+
 def _properties(pairs: tuple[str, ...]) -> dict[str, str]:
     result = {}
     for pair in pairs:
@@ -167,17 +214,7 @@ def run_server(config: ServerConfig) -> None:
     where = f"{config.scheme}://{config.host}:{port}"
     log.info("Krishiv Flight SQL listening on %s", where)
     print(f"krishiv: serving Flight SQL on {where}", flush=True)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    # Signals may land on a gRPC thread; poll so the main thread notices them.
-    while not stop.wait(0.5):
-        pass
-    log.info("shutting down")
+    _wait_for_signal()
     server.stop(grace=5).wait()
     authenticator.close()
     engine.close()

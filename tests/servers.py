@@ -58,18 +58,31 @@ def start_server(
     (unless `env` sets the token variables itself)."""
     if token is not None and not any(k.startswith("KRISHIV_COORDINATOR_BEARER") for k in env or {}):
         env = {**(env or {}), "KRISHIV_COORDINATOR_BEARER_TOKEN": token}
+    return start_krishiv(["serve", "--warehouse", str(warehouse), *(args or [])], log_dir,
+                         env, token, "serving Flight SQL", ready_timeout_s)
+
+
+def start_executor(work_dir: Path, log_dir: Path, token: str | None,
+                   args: list[str] | None = None) -> RunningServer:
+    """A `krishiv executor` process serving shuffle files from `work_dir`."""
+    env = {"KRISHIV_EXECUTOR_TASK_BEARER_TOKEN": token} if token else {}
+    return start_krishiv(["executor", "--work-dir", str(work_dir), *(args or [])], log_dir,
+                         env, token, "executor serving shuffle data", 60.0)
+
+
+def start_krishiv(command: list[str], log_dir: Path, env: dict[str, str] | None,
+                  token: str | None, ready_text: str, ready_timeout_s: float) -> RunningServer:
     port = free_port()
-    log_path = log_dir / f"server-{port}.log"
+    log_path = log_dir / f"{command[0]}-{port}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("KRISHIV_")}
     full_env.update(env or {})
-    command = [KRISHIV, "serve", "--port", str(port), "--warehouse", str(warehouse),
-               *(args or [])]
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, text=True
+            [KRISHIV, *command, "--port", str(port)], stdout=log_file,
+            stderr=subprocess.STDOUT, env=full_env, text=True,
         )
     server = RunningServer(process, port, log_path, token)
-    wait_until_ready(server, ready_timeout_s)
+    wait_until_ready(server, ready_text, ready_timeout_s)
     return server
 
 
@@ -84,13 +97,13 @@ def running_server(warehouse: Path, log_dir: Path, args: list[str] | None = None
         server.stop()
 
 
-def wait_until_ready(server: RunningServer, timeout_s: float) -> None:
+def wait_until_ready(server: RunningServer, ready_text: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
         # Printed after the listening socket is bound.
-        if "serving Flight SQL" in server.log():
+        if ready_text in server.log():
             return
         time.sleep(0.2)
     server.stop()

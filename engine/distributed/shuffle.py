@@ -1,0 +1,125 @@
+"""Shuffle files: map tasks write hash partitions as Arrow IPC streams, readers fetch them.
+
+Layout: `{work}/{job}/{stage}.{stage_attempt}/{partition}/{map_task}.{attempt}.arrows`,
+written under a temporary name and renamed, so a reader never sees a partial file.
+Only validated typed keys (a UUID job id and small integers) ever become paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import datafusion
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.distributed.ids import Attempt, JobId, StageId
+
+_TICKET_VERSION = 1
+_MAX_INDEX = 1 << 20
+_WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+
+
+class BadShuffleKey(ValueError):
+    """A shuffle ticket or key that is malformed or out of range."""
+
+
+@dataclass(frozen=True)
+class ShuffleKey:
+    job: JobId
+    stage: StageId
+    stage_attempt: Attempt
+    partition: int
+    map_task: int
+    attempt: Attempt
+
+    def __post_init__(self) -> None:
+        try:
+            canonical = str(uuid.UUID(self.job))
+        except (ValueError, TypeError, AttributeError):
+            raise BadShuffleKey("job id must be a UUID") from None
+        if canonical != self.job:
+            raise BadShuffleKey("job id must be a canonical lower-case UUID")
+        for name in ("stage", "stage_attempt", "partition", "map_task", "attempt"):
+            value = getattr(self, name)
+            if type(value) is not int or not 0 <= value < _MAX_INDEX:
+                raise BadShuffleKey(f"{name} must be an integer in [0, {_MAX_INDEX})")
+
+    def path(self, work_dir: Path) -> Path:
+        return (work_dir / self.job / f"{self.stage}.{self.stage_attempt}" / str(self.partition)
+                / f"{self.map_task}.{self.attempt}.arrows")
+
+    def ticket(self) -> bytes:
+        return json.dumps({"v": _TICKET_VERSION, **asdict(self)}, sort_keys=True).encode()
+
+    @classmethod
+    def from_ticket(cls, raw: bytes) -> ShuffleKey:
+        try:
+            fields = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise BadShuffleKey("shuffle ticket is not JSON") from None
+        if not isinstance(fields, dict) or fields.pop("v", None) != _TICKET_VERSION:
+            raise BadShuffleKey(f"shuffle ticket must be version {_TICKET_VERSION}")
+        expected = {"job", "stage", "stage_attempt", "partition", "map_task", "attempt"}
+        if set(fields) != expected:
+            raise BadShuffleKey(f"shuffle ticket needs exactly the fields {sorted(expected)}")
+        return cls(**fields)
+
+
+def partition_ids(batch: pa.RecordBatch, keys: list[str], partitions: int) -> pa.Array:
+    """pmod(xxhash64(keys...), partitions) for each row: the same in every process."""
+    ctx = datafusion.SessionContext()
+    ctx.enable_spark_functions()  # pmod and xxhash64
+    ctx.register_record_batches("shuffled", [[batch]])
+    columns = ", ".join('"' + key.replace('"', '""') + '"' for key in keys)
+    query = f"SELECT pmod(xxhash64({columns}), {int(partitions)}) FROM shuffled"
+    chunks = [b.column(0) for b in ctx.sql(query).collect()]
+    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.int64())
+
+
+def write_map_output(
+    work_dir: Path,
+    task: ShuffleKey,
+    batches: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    keys: list[str],
+    partitions: int,
+) -> dict[int, int]:
+    """Hash-partition one map task's `batches` into a file per output partition.
+
+    `task` names the map task (its `partition` field is ignored); returns rows per partition.
+    """
+    targets = [replace(task, partition=p) for p in range(partitions)]
+    temporary = [t.path(work_dir).with_suffix(f".{uuid.uuid4().hex}.tmp") for t in targets]
+    counts = dict.fromkeys(range(partitions), 0)
+    try:
+        writers = []
+        for path in temporary:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writers.append(pa.ipc.new_stream(str(path), schema, options=_WRITE_OPTIONS))
+        for batch in batches:
+            ids = partition_ids(batch, keys, partitions)
+            for partition, writer in enumerate(writers):
+                piece = batch.filter(pc.equal(ids, partition))
+                if piece.num_rows:
+                    writer.write_batch(piece)
+                    counts[partition] += piece.num_rows
+        for writer in writers:
+            writer.close()
+        for path, target in zip(temporary, targets, strict=True):
+            os.replace(path, target.path(work_dir))
+    finally:
+        for path in temporary:
+            path.unlink(missing_ok=True)
+    return counts
+
+
+def read_partition(work_dir: Path, key: ShuffleKey) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The schema and batches of one shuffle file; FileNotFoundError if it is not there."""
+    reader = pa.ipc.open_stream(pa.memory_map(str(key.path(work_dir))))
+    return reader.schema, iter(reader)

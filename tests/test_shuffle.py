@@ -1,0 +1,131 @@
+"""Shuffle files: deterministic hash partitions, validated tickets, served over Flight."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.flight as flight
+import pytest
+
+from engine.distributed.ids import Attempt, JobId, StageId
+from engine.distributed.shuffle import (
+    BadShuffleKey,
+    ShuffleKey,
+    partition_ids,
+    write_map_output,
+)
+from tests.flight_raw import bearer
+from tests.servers import RunningServer, start_executor
+
+TOKEN = "executor-token"
+JOB = JobId(str(uuid.uuid4()))
+
+
+def _rows(n: int) -> pa.RecordBatch:
+    keys = pa.array([i % 97 for i in range(n)], pa.int64())
+    return pa.record_batch([keys, pc.cast(pa.array(range(n)), pa.string())], names=["k", "v"])
+
+
+def _key(partition: int = 0, map_task: int = 0) -> ShuffleKey:
+    return ShuffleKey(JOB, StageId(1), Attempt(0), partition, map_task, Attempt(0))
+
+
+@pytest.fixture(scope="module")
+def executor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    root = tmp_path_factory.mktemp("executor")
+    running = start_executor(root / "work", root, TOKEN)
+    yield running
+    running.stop()
+
+
+def _work_dir(executor: RunningServer) -> Path:
+    return Path(executor.log_path).parent / "work"
+
+
+def test_partitions_are_the_same_in_another_process() -> None:
+    batch = _rows(1000)
+    here = partition_ids(batch, ["k"], 8).to_pylist()
+    script = ("import sys, json, pyarrow as pa, pyarrow.compute as pc\n"
+              "from engine.distributed.shuffle import partition_ids\n"
+              "keys = pa.array([i % 97 for i in range(1000)], pa.int64())\n"
+              "b = pa.record_batch([keys, pc.cast(pa.array(range(1000)), pa.string())], "
+              "names=['k', 'v'])\n"
+              "print(json.dumps(partition_ids(b, ['k'], 8).to_pylist()))\n")
+    there = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=True).stdout
+    assert json.loads(there) == here
+    assert set(here) == set(range(8))
+    by_key: dict[int, set[int]] = {}
+    for key, partition in zip(batch.column("k").to_pylist(), here, strict=True):
+        by_key.setdefault(key, set()).add(partition)
+    assert all(len(p) == 1 for p in by_key.values())
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"job": "../../etc", "stage": 1, "stage_attempt": 0, "partition": 0, "map_task": 0,
+         "attempt": 0},
+        {"job": str(uuid.uuid4()).upper(), "stage": 1, "stage_attempt": 0, "partition": 0,
+         "map_task": 0, "attempt": 0},
+        {"job": str(uuid.uuid4()), "stage": -1, "stage_attempt": 0, "partition": 0,
+         "map_task": 0, "attempt": 0},
+        {"job": str(uuid.uuid4()), "stage": "1", "stage_attempt": 0, "partition": 0,
+         "map_task": 0, "attempt": 0},
+        {"job": str(uuid.uuid4()), "stage": 1, "stage_attempt": 0, "partition": 0,
+         "map_task": 0, "attempt": 0, "path": "/etc/passwd"},
+    ],
+)
+def test_bad_tickets_are_refused(fields: dict[str, object]) -> None:
+    with pytest.raises(BadShuffleKey):
+        ShuffleKey.from_ticket(json.dumps({"v": 1, **fields}).encode())
+    with pytest.raises(BadShuffleKey):
+        ShuffleKey.from_ticket(b"\xff not json")
+
+
+def test_map_output_is_served_over_flight(executor: RunningServer) -> None:
+    batches = [_rows(5000), _rows(3000)]
+    counts = write_map_output(_work_dir(executor), _key(map_task=3), batches,
+                              batches[0].schema, ["k"], 4)
+    assert sum(counts.values()) == 8000
+    client = flight.connect(executor.uri)
+    parts = []
+    for partition in range(4):
+        ticket = flight.Ticket(_key(partition, map_task=3).ticket())
+        table = client.do_get(ticket, bearer(TOKEN)).read_all()
+        assert table.num_rows == counts[partition]
+        parts.append(table)
+    client.close()
+    keys_by_partition = [set(t.column("k").to_pylist()) for t in parts]
+    for i, keys in enumerate(keys_by_partition):  # a key lives in exactly one partition
+        for other in keys_by_partition[i + 1:]:
+            assert not keys & other
+    combined = pa.concat_tables(parts).sort_by("v")
+    expected = pa.Table.from_batches(batches).sort_by("v")
+    assert combined.equals(expected)
+
+
+def test_executor_errors_are_typed(executor: RunningServer) -> None:
+    client = flight.connect(executor.uri)
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        client.do_get(flight.Ticket(_key().ticket())).read_all()
+    with pytest.raises(pa.ArrowInvalid, match="bad shuffle ticket"):
+        client.do_get(flight.Ticket(b'{"v": 1, "job": "../x"}'), bearer(TOKEN)).read_all()
+    missing = ShuffleKey(JobId(str(uuid.uuid4())), StageId(9), Attempt(0), 0, 0, Attempt(0))
+    with pytest.raises(KeyError, match="no shuffle output"):
+        client.do_get(flight.Ticket(missing.ticket()), bearer(TOKEN)).read_all()
+    client.close()
+
+
+def test_executor_needs_a_token_or_insecure(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="KRISHIV_EXECUTOR_TASK_BEARER_TOKEN"):
+        start_executor(tmp_path / "work", tmp_path, None)
+    running = start_executor(tmp_path / "work", tmp_path, None, ["--insecure"])
+    running.stop()
