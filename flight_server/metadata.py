@@ -17,7 +17,7 @@ from flight_server.ipc import schema_bytes
 from flight_server.sql_info import SCHEMA as SQL_INFO_SCHEMA
 from flight_server.sql_info import sql_info_batch
 from flight_server.type_info import SCHEMA as TYPE_INFO_SCHEMA
-from flight_server.type_info import type_info
+from flight_server.type_info import column_metadata, type_info
 
 TABLE_TYPE = "TABLE"
 
@@ -134,6 +134,14 @@ class Metadata:
             return type_info(command.data_type if command.HasField("data_type") else None)
         raise TypeError(f"not a metadata command: {type(command).__name__}")
 
+    def _described(self, namespace: str, table: str) -> pa.Schema:
+        """A table's schema with the column metadata JDBC shows (type names, precision)."""
+        schema = plain_schema(self._engine.catalog.table_schema(TableIdent(namespace, table)))
+        return pa.schema([
+            field.with_metadata(column_metadata(field, self._catalog_name, namespace, table))
+            for field in schema
+        ])
+
     def _primary_keys(self, command: sql.CommandGetPrimaryKeys) -> pa.Table:
         if command.HasField("catalog") and command.catalog != self._catalog_name:
             return PRIMARY_KEYS_SCHEMA.empty_table()
@@ -198,10 +206,7 @@ class Metadata:
             "table_type": [TABLE_TYPE] * len(rows),
         }
         if command.include_schema:
-            columns["table_schema"] = [
-                schema_bytes(plain_schema(self._engine.catalog.table_schema(TableIdent(ns, name))))
-                for ns, name in rows
-            ]
+            columns["table_schema"] = [schema_bytes(self._described(ns, name)) for ns, name in rows]
         return pa.table(columns, schema=schema)
 
 

@@ -91,3 +91,32 @@ def type_info(data_type: int | None) -> pa.Table:
         "interval_precision": None,
     } for t in chosen]
     return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def sql_type_name(dtype: pa.DataType) -> str:
+    """The SQL name (as listed by GetXdbcTypeInfo) of an Arrow type we return."""
+    checks = [
+        (pa.types.is_boolean, "BOOLEAN"), (pa.types.is_int8, "TINYINT"),
+        (pa.types.is_int16, "SMALLINT"), (pa.types.is_int32, "INTEGER"),
+        (pa.types.is_int64, "BIGINT"), (pa.types.is_float32, "FLOAT"),
+        (pa.types.is_float64, "DOUBLE"), (pa.types.is_decimal, "DECIMAL"),
+        (pa.types.is_string, "VARCHAR"), (pa.types.is_binary, "VARBINARY"),
+        (pa.types.is_date, "DATE"), (pa.types.is_time, "TIME"),
+        (pa.types.is_timestamp, "TIMESTAMP"),
+    ]
+    return next((name for check, name in checks if check(dtype)), str(dtype).upper())
+
+
+def column_metadata(field: pa.Field, catalog: str, schema: str, table: str) -> dict[str, str]:
+    """The ARROW:FLIGHT:SQL:* field metadata JDBC reads for column descriptions."""
+    prefix = "ARROW:FLIGHT:SQL:"
+    metadata = {
+        "CATALOG_NAME": catalog, "DB_SCHEMA_NAME": schema, "TABLE_NAME": table,
+        "TYPE_NAME": sql_type_name(field.type),
+        "IS_AUTO_INCREMENT": "0", "IS_CASE_SENSITIVE": "1" if pa.types.is_string(field.type)
+        else "0", "IS_READ_ONLY": "0", "IS_SEARCHABLE": "1",
+    }
+    if pa.types.is_decimal(field.type):
+        metadata["PRECISION"] = str(field.type.precision)
+        metadata["SCALE"] = str(field.type.scale)
+    return {prefix + key: value for key, value in metadata.items()}

@@ -98,6 +98,11 @@ def test_metadata_browse_like_dbeaver(client: flight.FlightClient, server: Runni
     assert tables.column("table_name").to_pylist() == ["lineitem"]
     schema = pa.ipc.read_schema(pa.py_buffer(tables.column("table_schema")[0].as_py()))
     assert schema.names[:2] == ["l_orderkey", "l_partkey"] and len(schema) == 16
+    price = schema.field("l_extendedprice").metadata
+    assert price[b"ARROW:FLIGHT:SQL:TYPE_NAME"] == b"DECIMAL"
+    assert price[b"ARROW:FLIGHT:SQL:PRECISION"] == b"15"
+    assert price[b"ARROW:FLIGHT:SQL:TABLE_NAME"] == b"lineitem"
+    assert schema.field("l_comment").metadata[b"ARROW:FLIGHT:SQL:TYPE_NAME"] == b"VARCHAR"
     _, none = fetch(client, sql.CommandGetTables(table_types=["VIEW"]), opts)
     assert len(none) == 0
     _, wrong_catalog = fetch(client, sql.CommandGetDbSchemas(catalog="other"), opts)
