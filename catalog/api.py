@@ -72,6 +72,10 @@ class Catalog(ABC):
     def drop_table(self, ident: TableIdent) -> None: ...
 
     @abstractmethod
+    def rename_table(self, ident: TableIdent, new_name: str) -> None:
+        """Rename within the same namespace."""
+
+    @abstractmethod
     def primary_key(self, ident: TableIdent) -> list[str]:
         """The table's key columns in order (Iceberg: its identifier fields)."""
 

@@ -21,7 +21,7 @@ from pyiceberg.exceptions import (
 from pyiceberg.table import Table as IcebergTable
 
 from catalog.api import Catalog, TableIdent, TableScan
-from catalog.errors import AlreadyExists, NamespaceNotFound, TableNotFound
+from catalog.errors import AlreadyExists, InvalidData, NamespaceNotFound, TableNotFound
 from catalog.rows import fit_rows
 
 T = TypeVar("T")
@@ -38,6 +38,8 @@ def _typed_errors() -> Iterator[None]:
         raise NamespaceNotFound(_first_line(exc)) from None
     except (NamespaceAlreadyExistsError, TableAlreadyExistsError, NamespaceNotEmptyError) as exc:
         raise AlreadyExists(_first_line(exc)) from None
+    except (ValueError, TypeError) as exc:  # pyiceberg's word for data it cannot store
+        raise InvalidData(_first_line(exc)) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -143,6 +145,10 @@ class IcebergCatalog(Catalog):
     def drop_table(self, ident: TableIdent) -> None:
         with _typed_errors():
             self._backend.drop_table((ident.namespace, ident.name))
+
+    def rename_table(self, ident: TableIdent, new_name: str) -> None:
+        with _typed_errors():
+            self._backend.rename_table((ident.namespace, ident.name), (ident.namespace, new_name))
 
     def _load(self, ident: TableIdent) -> IcebergTable:
         with _typed_errors():

@@ -76,6 +76,17 @@ class InMemoryCatalog(Catalog):
             del self._tables[ident]
             self._keys.pop(ident, None)
 
+    def rename_table(self, ident: TableIdent, new_name: str) -> None:
+        with self._lock:
+            entry = self._tables_entry_locked(ident)
+            target = TableIdent(ident.namespace, new_name)
+            if target in self._tables:
+                raise AlreadyExists(f"table {target} already exists")
+            self._tables[target] = entry
+            del self._tables[ident]
+            if ident in self._keys:
+                self._keys[target] = self._keys.pop(ident)
+
     def primary_key(self, ident: TableIdent) -> list[str]:
         with self._lock:
             self._tables_entry_locked(ident)

@@ -156,8 +156,18 @@ class Session:
         is_cancelled: Callable[[], bool] = lambda: False,
     ) -> int:
         """Run a write statement; the number of rows it wrote."""
+        return self.write_many(statement, sql, [parameters], is_cancelled)
+
+    def write_many(
+        self,
+        statement: WriteStatement,
+        sql: str,
+        bindings: list[pa.RecordBatch | None],
+        is_cancelled: Callable[[], bool] = lambda: False,
+    ) -> int:
+        """Run a write once per parameter row, committing all of it at once or nothing."""
         text = self._translate(sql)
-        values = bound_values(parameters)
+        values: list[dict[str, object] | None] = [bound_values(b) for b in bindings]
 
         def collect(ctx: SessionContext, query: str | LogicalPlan,
                     query_values: dict[str, object] | None) -> pa.Table:

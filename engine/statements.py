@@ -69,6 +69,12 @@ def classify(sql: str) -> WriteStatement | None:
     name, position = _qualified_name(tokens, position, sql)
     rest = tokens[position:]
     cascade = bool(rest) and _words(rest)[0] == "CASCADE"
+    if kind is not WriteKind.CREATE_TABLE and rest and not (
+        kind is WriteKind.DROP_SCHEMA and len(rest) == 1 and _words(rest)[0] in ("CASCADE",
+                                                                               "RESTRICT")
+    ):
+        raise InvalidQuery(f"unexpected {rest[0].text!r} after the name in {kind.value}; "
+                           "one object per statement")
     body = ""
     if kind is WriteKind.CREATE_TABLE and rest:
         if rest[0].token_type == TokenType.ALIAS:
@@ -89,7 +95,10 @@ def _qualified_name(tokens: list[Token], position: int, sql: str) -> tuple[tuple
         if token.token_type in (TokenType.L_PAREN, TokenType.ALIAS):
             break
         quoted = token.token_type == TokenType.IDENTIFIER
-        parts.append(token.text if quoted else token.text.lower())
+        part = token.text if quoted else token.text.lower()
+        if not part or "." in part:
+            raise InvalidQuery(f"invalid name {token.text!r}: names must be non-empty, no dots")
+        parts.append(part)
         position += 1
         if position < len(tokens) and tokens[position].token_type == TokenType.DOT:
             position += 1

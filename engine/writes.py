@@ -24,6 +24,7 @@ from engine.translate import classify_datafusion_error
 COUNT_SCHEMA = pa.schema([pa.field("count", pa.int64(), nullable=False)])
 
 _DML_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(True).with_allow_statements(False)
+_DDL_ONLY = SQLOptions().with_allow_ddl(True).with_allow_dml(False).with_allow_statements(False)
 _SCRATCH = "krishiv_scratch_table"
 
 
@@ -71,13 +72,16 @@ class Writer:
         raise ObjectNotFound(f"no catalog or schema named {'.'.join(parts)}")
 
     # -- statements -------------------------------------------------------------------
-    def run(self, statement: WriteStatement, sql: str, values: dict[str, object] | None) -> int:
-        """Execute `statement`; the number of rows written (0 for DDL)."""
+    def run(self, statement: WriteStatement, sql: str,
+            bindings: list[dict[str, object] | None]) -> int:
+        """Execute `statement` once per parameter binding as ONE commit; rows written."""
         kind = statement.kind
         if kind is WriteKind.INSERT:
-            return self._insert(sql, values)
+            return self._insert(sql, bindings)
+        if len(bindings) > 1:
+            raise InvalidQuery(f"{kind.value} takes at most one row of parameters")
         if kind is WriteKind.CREATE_TABLE_AS:
-            return self._create_table_as(statement, values)
+            return self._create_table_as(statement, bindings[0])
         if kind is WriteKind.CREATE_TABLE:
             self._create_table(statement)
         elif kind is WriteKind.DROP_TABLE:
@@ -103,10 +107,15 @@ class Writer:
                 raise
 
     def _schema_of_columns(self, columns: str) -> pa.Schema:
-        """Arrow schema of a column list, typed by DataFusion in a scratch context."""
+        """Arrow schema of a column list, typed by DataFusion in a scratch context.
+
+        DataFusion only ever sees DDL rebuilt from sqlglot's parse (quoted names, types,
+        NOT NULL): nothing of the client's text that sqlglot did not understand.
+        """
         scratch = SessionContext()
+        ddl = f"CREATE TABLE {_SCRATCH} ({', '.join(column_definitions(columns))})"
         try:
-            scratch.sql(f"CREATE TABLE {_SCRATCH} {columns}")
+            scratch.sql(ddl, options=_DDL_ONLY)
         except Exception as exc:
             raise InvalidQuery(f"bad column definitions: {_first_line(exc)}") from None
         return plain_schema(scratch.table(_SCRATCH).schema())
@@ -126,7 +135,26 @@ class Writer:
             raise
         return rows.num_rows
 
-    def _insert(self, sql: str, values: dict[str, object] | None) -> int:
+    def _insert(self, sql: str, bindings: list[dict[str, object] | None]) -> int:
+        """Rows of every binding computed first, then appended in one commit."""
+        target: TableIdent | None = None
+        parts = []
+        for values in bindings:
+            ident, rows = self._rows_to_insert(sql, values)
+            target = target or ident
+            parts.append(rows)
+        assert target is not None
+        if len(parts) > 1:
+            # Literal rows differ in nullability only; the catalog fits types on append.
+            loose = pa.schema([f.with_nullable(True) for f in parts[0].schema])
+            rows = pa.concat_tables([part.cast(loose) for part in parts])
+        else:
+            rows = parts[0]
+        self._catalog.append(target, rows)
+        return rows.num_rows
+
+    def _rows_to_insert(self, sql: str, values: dict[str, object] | None
+                        ) -> tuple[TableIdent, pa.Table]:
         ctx = self._new_context(self._default_schema)
         try:
             frame = ctx.sql(sql, options=_DML_ONLY, param_values=values or None)
@@ -138,9 +166,7 @@ class Writer:
         ident = self.table_ident(tuple(str(node.table_name()).split(".")))
         raw_input = node.input()
         source = LogicalPlan(raw_input[0] if isinstance(raw_input, list) else raw_input)
-        rows = self._collect(ctx, source, None)
-        self._catalog.append(ident, rows)
-        return rows.num_rows
+        return ident, self._collect(ctx, source, None)
 
     def _drop_table(self, statement: WriteStatement) -> None:
         ident = self.table_ident(statement.name)
@@ -180,12 +206,54 @@ def _first_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
 
-def primary_key_columns(columns: str) -> list[str]:
-    """Columns named by PRIMARY KEY in a CREATE TABLE column list, in key order."""
+def _parse_columns(columns: str) -> exp.Expression:
     try:
         tree = sqlglot.parse_one(f"CREATE TABLE t {columns}", read="postgres")
-    except SqlglotError:
-        return []
+    except SqlglotError as exc:
+        raise InvalidQuery(f"bad column definitions: {_first_line(exc)}") from None
+    if not isinstance(tree, exp.Create) or not isinstance(tree.this, exp.Schema) or (
+        tree.expression is not None
+    ):
+        raise InvalidQuery("expected a column list: (name TYPE [NOT NULL], ...)")
+    return tree.this
+
+
+_ALLOWED_CONSTRAINTS = (exp.NotNullColumnConstraint, exp.PrimaryKeyColumnConstraint)
+
+
+def column_definitions(columns: str) -> list[str]:
+    """`"name" TYPE [NOT NULL]` for each column of a CREATE TABLE column list.
+
+    Key columns are NOT NULL, as PRIMARY KEY implies.
+    """
+    key = set(primary_key_columns(columns))
+    definitions = []
+    for item in _parse_columns(columns).expressions:
+        if isinstance(item, exp.PrimaryKey):
+            continue
+        if not isinstance(item, exp.ColumnDef) or item.args.get("kind") is None:
+            raise InvalidQuery(f"unsupported in a column list: {_first_line(item.sql())}")
+        not_null = False
+        for constraint in item.args.get("constraints") or []:
+            kind = constraint.args.get("kind")
+            if not isinstance(kind, _ALLOWED_CONSTRAINTS):
+                raise InvalidQuery(
+                    f"unsupported column constraint: {_first_line(constraint.sql())}")
+            not_null |= isinstance(kind, exp.PrimaryKeyColumnConstraint) or not kind.args.get(
+                "allow_null")
+        name = _column_name(item.this)
+        not_null |= name in key
+        name = name.replace('"', '""')
+        kind_sql = item.args["kind"].sql(dialect="postgres")
+        definitions.append(f'"{name}" {kind_sql}{" NOT NULL" if not_null else ""}')
+    if not definitions:
+        raise InvalidQuery("a table needs at least one column")
+    return definitions
+
+
+def primary_key_columns(columns: str) -> list[str]:
+    """Columns named by PRIMARY KEY in a CREATE TABLE column list, in key order."""
+    tree = _parse_columns(columns)
     names: list[str] = []
     for key in tree.find_all(exp.PrimaryKey):
         names += [_column_name(e) for e in key.expressions]

@@ -126,7 +126,8 @@ class Authenticator:
             return "bearer"
         now = time.monotonic()
         with self._lock:
-            expiry = self._issued.get(token)
+            # Keyed by digest: the lookup reveals nothing about the token's bytes.
+            expiry = self._issued.get(_digest(token))
             return "login" if expiry is not None and expiry > now else None
 
     def login(self, username: str, password: str) -> str | None:
@@ -140,7 +141,7 @@ class Authenticator:
         with self._lock:
             now = time.monotonic()
             self._issued = {t: e for t, e in self._issued.items() if e > now}
-            self._issued[token] = now + self._issued_ttl_s
+            self._issued[_digest(token)] = now + self._issued_ttl_s
         return token
 
     def authenticate(self, headers: dict[str, str]) -> tuple[str, list[tuple[str, str]]]:
@@ -170,13 +171,17 @@ class Authenticator:
             self._file.close()
 
 
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def token_identity(kind: str, token: str) -> str:
     """A stable name for a token's holder that does not reveal the token.
 
     `login:` names one Basic login (its issued token); `bearer:` a configured token,
     which many clients may share.
     """
-    return f"{kind}:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+    return f"{kind}:" + _digest(token)[:32]
 
 
 def _decode_basic(value: str) -> tuple[str, str] | None:

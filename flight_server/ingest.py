@@ -6,6 +6,7 @@ rejected or broken upload leaves the target as it was; the write is then one com
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 import pyarrow as pa
@@ -16,9 +17,8 @@ from engine import Session
 from engine.arrow_types import plain_schema
 from flight_server.errors import (
     AlreadyExistsError,
-    Cancelled,
+    InvalidArgument,
     NotFound,
-    ResourceExhausted,
     Unimplemented,
 )
 from flight_server.generated import FlightSql_pb2 as sql
@@ -28,18 +28,7 @@ Options = sql.CommandStatementIngest.TableDefinitionOptions
 
 
 def read_capped(upload: PutStream, max_bytes: int, is_cancelled: Callable[[], bool]) -> pa.Table:
-    batches = []
-    total = 0
-    for batch in upload:
-        total += batch.nbytes
-        if total > max_bytes:
-            raise ResourceExhausted(
-                f"upload exceeds the server's limit of {max_bytes} bytes; nothing was written"
-            )
-        if is_cancelled():
-            raise Cancelled("upload cancelled by the client; nothing was written")
-        batches.append(batch)
-    rows = pa.Table.from_batches(batches, schema=upload.schema)
+    rows = upload.read_all(max_bytes, is_cancelled)
     return rows.cast(plain_schema(rows.schema))
 
 
@@ -53,6 +42,9 @@ def ingest(
     """Write the upload to the target table as its options say; the rows written."""
     if command.HasField("transaction_id"):
         raise Unimplemented("transactions are not supported")
+    for part in (command.table, command.schema if command.HasField("schema") else "x"):
+        if not part or "." in part:
+            raise InvalidArgument(f"invalid name {part!r}: names must be non-empty, no dots")
     if command.temporary:
         return _ingest_temporary(session, command, read_capped(upload, max_bytes, is_cancelled))
     catalog_name = session.engine.config.catalog_name
@@ -109,7 +101,14 @@ def _replace(session: Session, ident: TableIdent, rows: pa.Table) -> None:
             return
         except InvalidData:
             pass  # the rows need another schema
-    # A new schema: the old table is dropped and a new one created.
+    # A new schema: build the new table aside, then swap it in; if building fails the
+    # old table is untouched.
+    aside = TableIdent(ident.namespace, f"krishiv_replace_{uuid.uuid4().hex}")
+    catalog.create_table(aside, rows.schema)
+    try:
+        catalog.append(aside, rows)
+    except BaseException:
+        catalog.drop_table(aside)
+        raise
     catalog.drop_table(ident)
-    catalog.create_table(ident, rows.schema)
-    catalog.append(ident, rows)
+    catalog.rename_table(aside, ident.name)

@@ -8,11 +8,11 @@ header, body), which are cut apart here and framed by hand.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-from flight_server.errors import InvalidArgument, Unimplemented
+from flight_server.errors import Cancelled, InvalidArgument, ResourceExhausted, Unimplemented
 from flight_server.generated import Flight_pb2 as fpb
 
 _CONTINUATION = b"\xff\xff\xff\xff"
@@ -85,9 +85,13 @@ class PutStream:
         if not first.data_header:
             return pa.schema([])  # a bare descriptor: an update with nothing to bind
         try:
-            return pa.ipc.read_schema(pa.ipc.read_message(_encapsulate(first)))
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise InvalidArgument(f"malformed schema in DoPut: {exc}") from None
+            message = pa.ipc.read_message(_encapsulate(first))
+            # Checked first: pyarrow crashes reading a schema from another message type.
+            if message.type != "schema":
+                raise InvalidArgument(f"DoPut must start with a schema, not {message.type}")
+            return pa.ipc.read_schema(message)
+        except (pa.ArrowException, OSError) as exc:
+            raise InvalidArgument(f"malformed schema in DoPut: {_one_line(exc)}") from None
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         for data in self._messages:
@@ -97,9 +101,29 @@ class PutStream:
                 message = pa.ipc.read_message(_encapsulate(data))
                 if message.type != "record batch":
                     raise Unimplemented(f"DoPut {message.type} messages are not supported")
-                yield pa.ipc.read_record_batch(message, self.schema)
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise InvalidArgument(f"malformed record batch in DoPut: {exc}") from None
+                batch = pa.ipc.read_record_batch(message, self.schema)
+                batch.validate(full=True)  # never compute on corrupt buffers
+            except (pa.ArrowException, OSError) as exc:
+                raise InvalidArgument(
+                    f"malformed record batch in DoPut: {_one_line(exc)}") from None
+            yield batch
 
-    def read_all(self) -> pa.Table:
-        return pa.Table.from_batches(list(self), schema=self.schema)
+    def read_all(self, max_bytes: int | None = None,
+                 is_cancelled: Callable[[], bool] = lambda: False) -> pa.Table:
+        """Every batch, refusing uploads past `max_bytes` as soon as they pass it."""
+        batches = []
+        total = 0
+        for batch in self:
+            total += batch.nbytes
+            if max_bytes is not None and total > max_bytes:
+                raise ResourceExhausted(
+                    f"upload exceeds the server's limit of {max_bytes} bytes; nothing was written"
+                )
+            if is_cancelled():
+                raise Cancelled("upload cancelled by the client; nothing was written")
+            batches.append(batch)
+        return pa.Table.from_batches(batches, schema=self.schema)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]

@@ -5,6 +5,7 @@ Result schemas follow the Flight SQL spec exactly; JDBC reads columns by name.
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pyarrow as pa
@@ -18,6 +19,8 @@ from flight_server.sql_info import SCHEMA as SQL_INFO_SCHEMA
 from flight_server.sql_info import sql_info_batch
 from flight_server.type_info import SCHEMA as TYPE_INFO_SCHEMA
 from flight_server.type_info import column_metadata, type_info
+
+log = logging.getLogger("krishiv.metadata")
 
 TABLE_TYPE = "TABLE"
 
@@ -134,9 +137,13 @@ class Metadata:
             return type_info(command.data_type if command.HasField("data_type") else None)
         raise TypeError(f"not a metadata command: {type(command).__name__}")
 
-    def _described(self, namespace: str, table: str) -> pa.Schema:
+    def _described(self, namespace: str, table: str) -> pa.Schema | None:
         """A table's schema with the column metadata JDBC shows (type names, precision)."""
-        schema = plain_schema(self._engine.catalog.table_schema(TableIdent(namespace, table)))
+        try:
+            schema = plain_schema(self._engine.catalog.table_schema(TableIdent(namespace, table)))
+        except Exception:
+            log.warning("cannot read the schema of %s.%s", namespace, table, exc_info=True)
+            return None
         return pa.schema([
             field.with_metadata(column_metadata(field, self._catalog_name, namespace, table))
             for field in schema
@@ -199,6 +206,12 @@ class Metadata:
             except NamespaceNotFound:
                 continue  # dropped while we listed
             rows += [(namespace, n) for n in names if _matches(table_matcher, n)]
+        described: list[pa.Schema] = []
+        if command.include_schema:
+            found = [(ns, name, self._described(ns, name)) for ns, name in rows]
+            # A table whose schema cannot be read must not hide every other table.
+            rows = [(ns, name) for ns, name, table in found if table is not None]
+            described = [table for _, _, table in found if table is not None]
         columns: dict[str, list[object]] = {
             "catalog_name": [self._catalog_name] * len(rows),
             "db_schema_name": [ns for ns, _ in rows],
@@ -206,7 +219,7 @@ class Metadata:
             "table_type": [TABLE_TYPE] * len(rows),
         }
         if command.include_schema:
-            columns["table_schema"] = [schema_bytes(self._described(ns, name)) for ns, name in rows]
+            columns["table_schema"] = [schema_bytes(table) for table in described]
         return pa.table(columns, schema=schema)
 
 

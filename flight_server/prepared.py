@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from engine import PlannedQuery, Session
+from engine.writes import COUNT_SCHEMA
 from flight_server.errors import InvalidArgument
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.handles import HandleStore
@@ -26,7 +27,8 @@ class PreparedStatement:
 
 
 class PreparedStatements:
-    def __init__(self) -> None:
+    def __init__(self, max_upload_bytes: int) -> None:
+        self._max_upload_bytes = max_upload_bytes
         self._statements: HandleStore[PreparedStatement] = HandleStore(
             "prepared statement", _PREPARED_TTL_S
         )
@@ -50,10 +52,11 @@ class PreparedStatements:
         )
 
     def bind(
-        self, command: sql.CommandPreparedStatementQuery, upload: PutStream
+        self, command: sql.CommandPreparedStatementQuery, upload: PutStream,
+        is_cancelled: Callable[[], bool],
     ) -> sql.DoPutPreparedStatementResult:
         statement = self._statements.get(command.prepared_statement_handle)
-        table = upload.read_all()
+        table = upload.read_all(self._max_upload_bytes, is_cancelled)
         if table.num_rows == 0:
             statement.parameters = None
         else:
@@ -85,14 +88,20 @@ class PreparedStatements:
         write = statement.session.write_statement(statement.query)
         if write is None:
             raise InvalidArgument("a prepared query cannot be executed as an update")
-        rows = upload.read_all()
+        rows = upload.read_all(self._max_upload_bytes, is_cancelled)
         if rows.num_columns == 0 or rows.num_rows == 0:
             bindings: list[pa.RecordBatch | None] = [statement.parameters]
         else:
             table = rows.combine_chunks()
             bindings = [table.slice(i, 1).to_batches()[0] for i in range(table.num_rows)]
-        return sum(statement.session.write(write, statement.query, binding, is_cancelled)
-                   for binding in bindings)
+        return statement.session.write_many(write, statement.query, bindings, is_cancelled)
+
+    def result_schema(self, command: sql.CommandPreparedStatementQuery) -> pa.Schema:
+        """The schema executing would return, without executing (writes are not run)."""
+        statement = self._statements.get(command.prepared_statement_handle)
+        if statement.session.write_statement(statement.query) is not None:
+            return COUNT_SCHEMA
+        return statement.session.plan(statement.query, statement.parameters).schema
 
     def close(self, request: sql.ActionClosePreparedStatementRequest) -> None:
         self._statements.remove(request.prepared_statement_handle)

@@ -59,7 +59,7 @@ class FlightSqlHandler:
         self.engine = engine
         self._max_upload_bytes = max_upload_bytes
         self._statements = Statements(engine)
-        self._prepared = PreparedStatements()
+        self._prepared = PreparedStatements(max_upload_bytes)
         self._metadata = Metadata(engine, server_version())
         self._sessions = SessionStore(engine)
 
@@ -89,6 +89,8 @@ class FlightSqlHandler:
             if session.write_statement(command.query) is not None:
                 return COUNT_SCHEMA  # describing a write must not run it
             return session.plan(command.query).schema
+        if isinstance(command, sql.CommandPreparedStatementQuery):
+            return self._prepared.result_schema(command)
         return self._plan(call, command).schema
 
     def do_get(self, call: Call, ticket: bytes) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -104,7 +106,7 @@ class FlightSqlHandler:
         command = command_of(upload.descriptor)
         # DoPut results travel as plain messages, not wrapped in Any.
         if isinstance(command, sql.CommandPreparedStatementQuery):
-            yield self._prepared.bind(command, upload).SerializeToString()
+            yield self._prepared.bind(command, upload, call.is_cancelled).SerializeToString()
         elif isinstance(command, sql.CommandStatementUpdate):
             yield self._statement_update(call, command).SerializeToString()
         elif isinstance(command, sql.CommandStatementIngest):

@@ -31,6 +31,7 @@ Errors = fpb.SetSessionOptionsResult
 @dataclass
 class ClientSession:
     id: str
+    owner: str  # the identity that created it; nobody else may use it
     default_schema: str
     dialect: str = DATAFUSION
     temporary: dict[str, pa.Table] = field(default_factory=dict)
@@ -57,7 +58,8 @@ class SessionStore:
         with self._lock:
             for key in self._keys(call):
                 found = self._by_key.get(key)
-                if found is not None and now - found.used < _IDLE_TTL_S:
+                if (found is not None and found.owner == call.identity
+                        and now - found.used < _IDLE_TTL_S):
                     found.used = now
                     return found
         return None
@@ -80,12 +82,14 @@ class SessionStore:
         found = self._find(call)
         if found is not None:
             return found
-        state = ClientSession(secrets.token_urlsafe(24), self._engine.config.default_schema)
+        state = ClientSession(secrets.token_urlsafe(24), call.identity,
+                              self._engine.config.default_schema)
         with self._lock:
             self._expire()
+            # Only the id we made, never one the client chose, names the session.
             self._by_key[f"cookie:{state.id}"] = state
-            for key in self._keys(call):
-                self._by_key[key] = state
+            if call.identity.startswith("login:"):
+                self._by_key[call.identity] = state
         call.reply_headers.append(("set-cookie", f"{COOKIE}={state.id}"))
         return state
 

@@ -13,7 +13,9 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
+from flight_server.protocol import pack
 from tests.conftest import adbc_connect
 from tests.flight_raw import bearer, fetch, grpc_status_of_query
 from tests.servers import RunningServer, running_server
@@ -152,3 +154,45 @@ def _process_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _do_put_status(server: RunningServer, messages: list[fpb.FlightData]) -> grpc.StatusCode:
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    do_put = channel.stream_stream("/arrow.flight.protocol.FlightService/DoPut",
+                                   request_serializer=fpb.FlightData.SerializeToString,
+                                   response_deserializer=fpb.PutResult.FromString)
+    try:
+        list(do_put(iter(messages), metadata=[("authorization", f"Bearer {server.token}")]))
+    except grpc.RpcError as err:
+        return err.code()
+    finally:
+        channel.close()
+    return grpc.StatusCode.OK
+
+
+def test_malformed_uploads_are_invalid_and_harmless(server: RunningServer) -> None:
+    command = pack(sql.CommandStatementIngest(table="fuzzed", table_definition_options=(
+        sql.CommandStatementIngest.TableDefinitionOptions(
+            if_not_exist=sql.CommandStatementIngest.TableDefinitionOptions
+            .TABLE_NOT_EXIST_OPTION_CREATE))))
+    descriptor = fpb.FlightDescriptor(type=fpb.FlightDescriptor.CMD, cmd=command)
+    batch = pa.record_batch([pa.array([1, 2, 3], pa.int64())], names=["a"])
+    encoded = batch.serialize()
+    header_length = int.from_bytes(encoded[4:8].to_pybytes(), "little")
+    batch_header = encoded[8:8 + header_length].to_pybytes()
+    schema_message = pa.ipc.read_message(batch.schema.serialize())
+    schema_header = schema_message.metadata.to_pybytes()
+    cases = [
+        [fpb.FlightData(flight_descriptor=descriptor, data_header=batch_header)],  # no schema
+        [fpb.FlightData(flight_descriptor=descriptor, data_header=b"\x00" * 64)],
+        [fpb.FlightData(flight_descriptor=descriptor, data_header=schema_header),
+         fpb.FlightData(data_header=batch_header, data_body=b"\x01" * 3)],  # body too short
+        [fpb.FlightData(flight_descriptor=descriptor, data_header=schema_header),
+         fpb.FlightData(data_header=schema_header[::-1], data_body=b"")],
+    ]
+    for messages in cases:
+        assert _do_put_status(server, messages) == grpc.StatusCode.INVALID_ARGUMENT
+    # still serving, and nothing was created
+    assert _query(server, "SELECT count(*) AS n FROM tpch.region").column(0).to_pylist() == [5]
+    code, _ = grpc_status_of_query(server.port, "SELECT * FROM public.fuzzed", server.token or "")
+    assert code == grpc.StatusCode.NOT_FOUND

@@ -134,29 +134,55 @@ def test_bad_options_are_reported(session_server: RunningServer) -> None:
     channel.close()
 
 
-def test_close_session_forgets_options(session_server: RunningServer) -> None:
-    channel = grpc.insecure_channel(f"127.0.0.1:{session_server.port}")
-    do_action = channel.unary_stream(f"{SERVICE}/DoAction",
-                                     request_serializer=fpb.Action.SerializeToString,
-                                     response_deserializer=fpb.Result.FromString)
-    auth = [("authorization", "Basic Y2Fyb2w6c2VjcmV0")]  # carol:secret, fresh token
+class _RawSession:
+    """DoAction over grpcio, logged in once as carol, with chosen cookies."""
 
-    def act(kind: str, body: bytes, cookie: str = "") -> tuple[bytes, dict[str, str]]:
-        metadata = auth + ([("cookie", cookie)] if cookie else [])
-        responses = do_action(fpb.Action(type=kind, body=body), metadata=metadata)
+    def __init__(self, server: RunningServer) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        self._do_action = self.channel.unary_stream(
+            f"{SERVICE}/DoAction", request_serializer=fpb.Action.SerializeToString,
+            response_deserializer=fpb.Result.FromString)
+        _, headers = self._call([("authorization", "Basic Y2Fyb2w6c2VjcmV0")],
+                                "GetSessionOptions", b"")
+        self.auth = [("authorization", headers["authorization"])]  # carol's bearer token
+
+    def _call(self, metadata: list[tuple[str, str]], kind: str, body: bytes
+              ) -> tuple[bytes, dict[str, str]]:
+        responses = self._do_action(fpb.Action(type=kind, body=body), metadata=metadata)
         bodies = [r.body for r in responses]
         return (bodies[0] if bodies else b""), dict(responses.initial_metadata())
 
-    def schema(cookie: str) -> str:
-        body, _ = act("GetSessionOptions", b"", cookie)
+    def act(self, kind: str, body: bytes, cookie: str = "") -> tuple[bytes, dict[str, str]]:
+        return self._call(self.auth + ([("cookie", cookie)] if cookie else []), kind, body)
+
+    def schema(self, cookie: str) -> str:
+        body, _ = self.act("GetSessionOptions", b"", cookie)
         return fpb.GetSessionOptionsResult.FromString(body).session_options["schema"].string_value
 
-    request = fpb.SetSessionOptionsRequest()
-    request.session_options["schema"].string_value = "tpch"
-    _, headers = act("SetSessionOptions", request.SerializeToString())
-    cookie = headers["set-cookie"].split(";")[0]
-    assert schema(cookie) == "tpch"
-    body, _ = act("CloseSession", b"", cookie)
+    def set_schema(self, schema: str, cookie: str = "") -> str:
+        request = fpb.SetSessionOptionsRequest()
+        request.session_options["schema"].string_value = schema
+        _, headers = self.act("SetSessionOptions", request.SerializeToString(), cookie)
+        return headers["set-cookie"].split(";")[0]
+
+
+def test_close_session_forgets_options(session_server: RunningServer) -> None:
+    raw = _RawSession(session_server)
+    cookie = raw.set_schema("tpch")
+    assert raw.schema(cookie) == "tpch"
+    body, _ = raw.act("CloseSession", b"", cookie)
     assert fpb.CloseSessionResult.FromString(body).status == fpb.CloseSessionResult.CLOSED
-    assert schema(cookie) == "public"
-    channel.close()
+    assert raw.schema(cookie) == "public"
+    raw.channel.close()
+
+
+def test_sessions_cannot_be_fixed_or_borrowed(session_server: RunningServer) -> None:
+    victim, attacker = _RawSession(session_server), _RawSession(session_server)
+    chosen = "arrow_flight_session_id=chosen-by-attacker"
+    real = victim.set_schema("tpch", chosen)
+    assert real != chosen  # the server names sessions itself
+    assert victim.schema(real) == "tpch"
+    assert attacker.schema(chosen) == "public"
+    assert attacker.schema(real) == "public"  # another login cannot use the cookie
+    victim.channel.close()
+    attacker.channel.close()

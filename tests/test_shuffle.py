@@ -88,6 +88,8 @@ def test_bad_tickets_are_refused(fields: dict[str, object]) -> None:
         ShuffleKey.from_ticket(json.dumps({"v": 1, **fields}).encode())
     with pytest.raises(BadShuffleKey):
         ShuffleKey.from_ticket(b"\xff not json")
+    with pytest.raises(BadShuffleKey):
+        ShuffleKey.from_ticket(b"[" * 500 + b"]" * 500)  # deep nesting
 
 
 def test_map_output_is_served_over_flight(executor: RunningServer) -> None:

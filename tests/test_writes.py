@@ -280,3 +280,38 @@ def test_update_with_a_bare_descriptor(write_server: RunningServer) -> None:
     with adbc_connect(write_server) as conn:
         assert fetch_rows(conn, "SELECT count(*) FROM public.bare") == [(0,)]
         fetch_rows(conn, "DROP TABLE public.bare")
+
+
+def test_review_regressions(write_server: RunningServer, wconn: flightsql.Connection) -> None:
+    """Bugs found in review: each must stay fixed."""
+    code, _ = grpc_status_of_query(
+        write_server.port,
+        "CREATE TABLE tpch.sneak (a bigint DEFAULT $$($$) AS SELECT 1 AS a", TOKEN)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT  # never run in an unguarded context
+    code, _ = grpc_status_of_query(write_server.port, 'CREATE TABLE tpch."" (a INT)', TOKEN)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    code, _ = grpc_status_of_query(write_server.port,
+                                   "DROP TABLE IF EXISTS tpch.zz1, tpch.nation", TOKEN)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert fetch_rows(wconn, "SELECT count(*) FROM tpch.nation") == [(25,)]
+    tables = wconn.adbc_get_objects(depth="all", db_schema_filter="tpch").read_all()
+    assert len(tables.to_pylist()[0]["catalog_db_schemas"][0]["db_schema_tables"]) == 8
+    # GetSchema of a prepared INSERT must not run it
+    fetch_rows(wconn, "CREATE TABLE public.once (a INT)")
+    client = flight.connect(write_server.uri)
+    prepared = create_prepared(client, "INSERT INTO public.once VALUES (1)", bearer(TOKEN))
+    command = sql.CommandPreparedStatementQuery(
+        prepared_statement_handle=prepared.prepared_statement_handle)
+    for _ in range(2):
+        schema = client.get_schema(flight.FlightDescriptor.for_command(pack(command)),
+                                   bearer(TOKEN)).schema
+        assert schema.names == ["count"]
+    client.close()
+    assert fetch_rows(wconn, "SELECT count(*) FROM public.once") == [(0,)]
+    # a batch of parameter rows is one commit: a bad row writes nothing
+    fetch_rows(wconn, "CREATE TABLE public.batch (a BIGINT NOT NULL)")
+    with wconn.cursor() as cur, pytest.raises(adbc_driver_manager.Error):
+        cur.executemany("INSERT INTO public.batch VALUES (?)", [(1,), (2,), (None,), (4,)])
+    assert fetch_rows(wconn, "SELECT count(*) FROM public.batch") == [(0,)]
+    for table in ("once", "batch"):
+        fetch_rows(wconn, f"DROP TABLE public.{table}")

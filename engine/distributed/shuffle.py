@@ -59,9 +59,11 @@ class ShuffleKey:
 
     @classmethod
     def from_ticket(cls, raw: bytes) -> ShuffleKey:
+        if len(raw) > 1024:
+            raise BadShuffleKey("shuffle ticket is too long")
         try:
             fields = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise BadShuffleKey("shuffle ticket is not JSON") from None
         if not isinstance(fields, dict) or fields.pop("v", None) != _TICKET_VERSION:
             raise BadShuffleKey(f"shuffle ticket must be version {_TICKET_VERSION}")
