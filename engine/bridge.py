@@ -70,10 +70,6 @@ class TableCache:
             frame = frame.union(other)
         return Table(frame)
 
-    def forget(self, ident: TableIdent) -> None:
-        with self._lock:
-            self._tables.pop(ident, None)
-
 
 class _NamespaceSchema(SchemaProvider):
     def __init__(

@@ -114,9 +114,6 @@ class Authenticator:
         self._issued_ttl_s = config.issued_token_ttl_s
         self._lock = threading.Lock()
 
-    def accepts_bearer(self, token: str) -> bool:
-        return self.bearer_kind(token) is not None
-
     def bearer_kind(self, token: str) -> str | None:
         """'bearer' for a configured token, 'login' for one issued to a Basic user."""
         if not token:
