@@ -1,0 +1,127 @@
+"""TPC-H side by side: Krishiv embedded (ADBC), DataFusion in-process, DuckDB in-process.
+
+All engines read the same Parquet files (the Iceberg snapshot files Krishiv serves);
+every Krishiv answer is checked against DuckDB's. Warm runs; the median of `--runs`.
+
+    python -m bench.tpch --scale 1 [--runs 3] [--queries 1,3,6] [--warehouse DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import adbc_driver_flightsql.dbapi as flightsql
+import datafusion
+
+from catalog import IcebergCatalog, TableIdent
+from engine.demo import DEMO_NAMESPACE, TPCH_TABLES, load_tpch_demo
+from tests.reference import as_multiset, duckdb_over_catalog, tpch_queries
+from tests.servers import free_port
+
+
+def _median_seconds(run: Callable[[], object], runs: int) -> tuple[float, object]:
+    run()  # warm-up
+    times, result = [], None
+    for _ in range(runs):
+        started = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def _datafusion(catalog: IcebergCatalog) -> datafusion.SessionContext:
+    config = datafusion.SessionConfig().set(
+        "datafusion.execution.parquet.schema_force_view_types", "false")
+    ctx = datafusion.SessionContext(config)
+    for name in TPCH_TABLES:
+        files = catalog.scan(TableIdent(DEMO_NAMESPACE, name)).data_files
+        frame = ctx.read_parquet(files[0])
+        for path in files[1:]:
+            frame = frame.union(ctx.read_parquet(path))
+        ctx.register_view(name, frame)
+    return ctx
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--queries", default="1-22")
+    parser.add_argument("--warehouse", type=Path, default=None)
+    args = parser.parse_args()
+    numbers = _parse_queries(args.queries)
+    warehouse = args.warehouse or Path(tempfile.mkdtemp(prefix="krishiv-bench-"))
+    catalog = IcebergCatalog.embedded(str(warehouse))
+    load_tpch_demo(catalog, args.scale, scratch=warehouse)
+    duck = duckdb_over_catalog(catalog)
+    texts = tpch_queries(duck)
+    ctx = _datafusion(catalog)
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "krishiv"), "serve", "--port", str(port),
+         "--warehouse", str(warehouse), "--default-schema", DEMO_NAMESPACE,
+         "--demo", "--demo-scale", f"{args.scale:g}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdout is not None
+        for line in server.stdout:
+            if "serving Flight SQL" in line:
+                break
+        warnings.filterwarnings("ignore", message="Cannot disable autocommit")
+        conn = flightsql.connect(f"grpc://127.0.0.1:{port}")
+        cursor = conn.cursor()
+
+        def krishiv(text: str) -> Callable[[], object]:
+            def run() -> object:
+                cursor.execute(text)
+                return cursor.fetchall()
+            return run
+
+        print(f"TPC-H SF {args.scale:g}, median of {args.runs} warm runs, seconds")
+        print(f"{'query':>5} {'krishiv':>9} {'datafusion':>11} {'duckdb':>8} "
+              f"{'k/df':>6} {'k/duck':>7} answer")
+        ratios_df, ratios_duck = [], []
+        for number in numbers:
+            text = texts[number]
+            k_time, k_rows = _median_seconds(krishiv(text), args.runs)
+            d_time, _ = _median_seconds(lambda t=text: ctx.sql(t).collect(), args.runs)
+            u_time, expected = _median_seconds(lambda t=text: duck.execute(t).fetchall(),
+                                               args.runs)
+            correct = as_multiset(k_rows) == as_multiset(expected)  # type: ignore[arg-type]
+            ratios_df.append(k_time / d_time)
+            ratios_duck.append(k_time / u_time)
+            print(f"{number:>5} {k_time:9.3f} {d_time:11.3f} {u_time:8.3f} "
+                  f"{k_time / d_time:6.2f} {k_time / u_time:7.2f} "
+                  f"{'ok' if correct else 'WRONG'}")
+        print(f"geometric mean ratio krishiv/datafusion {_geomean(ratios_df):.2f}, "
+              f"krishiv/duckdb {_geomean(ratios_duck):.2f}")
+        cursor.close()
+        conn.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def _parse_queries(spec: str) -> list[int]:
+    numbers: list[int] = []
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        numbers += list(range(int(low), int(high or low) + 1))
+    return numbers
+
+
+if __name__ == "__main__":
+    main()
