@@ -83,6 +83,15 @@ class Catalog(ABC):
     def set_primary_key(self, ident: TableIdent, columns: list[str]) -> None:
         """Record `columns` (NOT NULL ones) as the table's key."""
 
+    def create_table_with(self, ident: TableIdent, rows: pa.Table) -> None:
+        """A new table holding `rows`; if writing them fails, no table is left behind."""
+        self.create_table(ident, rows.schema)
+        try:
+            self.append(ident, rows)
+        except BaseException:
+            self.drop_table(ident)
+            raise
+
     def namespace_exists(self, namespace: str) -> bool:
         return namespace in self.list_namespaces()
 

@@ -67,7 +67,6 @@ def load_tpch_demo(catalog: Catalog, scale: float, scratch: Path | None = None) 
             rows = pq.read_table(path)
             rows = rows.cast(plain_schema(rows.schema))
             ident = TableIdent(DEMO_NAMESPACE, name)
-            catalog.create_table(ident, rows.schema)
-            catalog.append(ident, rows)
+            catalog.create_table_with(ident, rows)
             log.info("loaded %s: %d rows", ident, rows.num_rows)
     return True

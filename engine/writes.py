@@ -127,12 +127,7 @@ class Writer:
             return 0
         ctx = self._new_context(self._default_schema)
         rows = self._collect(ctx, statement.body, values)
-        self._catalog.create_table(ident, rows.schema)
-        try:
-            self._catalog.append(ident, rows)
-        except BaseException:
-            self._catalog.drop_table(ident)
-            raise
+        self._catalog.create_table_with(ident, rows)
         return rows.num_rows
 
     def _insert(self, sql: str, bindings: list[dict[str, object] | None]) -> int:

@@ -58,12 +58,7 @@ def ingest(
     if not catalog.table_exists(ident):
         if options.if_not_exist != Options.TABLE_NOT_EXIST_OPTION_CREATE:
             raise NotFound(f"table {ident} does not exist")
-        catalog.create_table(ident, rows.schema)
-        try:
-            catalog.append(ident, rows)
-        except BaseException:
-            catalog.drop_table(ident)
-            raise
+        catalog.create_table_with(ident, rows)
         return rows.num_rows
     if options.if_exists == Options.TABLE_EXISTS_OPTION_APPEND:
         catalog.append(ident, rows)
@@ -104,11 +99,6 @@ def _replace(session: Session, ident: TableIdent, rows: pa.Table) -> None:
     # A new schema: build the new table aside, then swap it in; if building fails the
     # old table is untouched.
     aside = TableIdent(ident.namespace, f"krishiv_replace_{uuid.uuid4().hex}")
-    catalog.create_table(aside, rows.schema)
-    try:
-        catalog.append(aside, rows)
-    except BaseException:
-        catalog.drop_table(aside)
-        raise
+    catalog.create_table_with(aside, rows)
     catalog.drop_table(ident)
     catalog.rename_table(aside, ident.name)
