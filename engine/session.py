@@ -36,6 +36,10 @@ class PlannedQuery:
     schema: pa.Schema
     frame: DataFrame | None = None
     rows: pa.Table | None = None
+    # What another process needs to plan the same query again (distributed runtime).
+    text: str = ""
+    default_schema: str = ""
+    parameters: pa.RecordBatch | None = None
 
 
 class SqlEngine:
@@ -133,7 +137,8 @@ class Session:
         with translated_errors():
             frame = ctx.sql(text, options=_READ_ONLY, param_values=values or None)
             schema = plain_schema(frame.schema())
-        return PlannedQuery(sql=sql, schema=schema, frame=frame)
+        return PlannedQuery(sql=sql, schema=schema, frame=frame, text=text,
+                            default_schema=self.default_schema, parameters=parameters)
 
     def execute(
         self,

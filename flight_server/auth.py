@@ -110,6 +110,7 @@ class Authenticator:
             TokenFile(config.token_file, config.reload_interval_s) if config.token_file else None
         )
         self._users = dict(config.users)
+        self._executor_token = config.executor_token or ""
         self._issued: dict[str, float] = {}
         self._issued_ttl_s = config.issued_token_ttl_s
         self._lock = threading.Lock()
@@ -147,9 +148,12 @@ class Authenticator:
         A Basic login is answered with a fresh bearer token in the `authorization`
         response header, which ADBC and JDBC clients then send on every call.
         """
+        scheme, _, credential = headers.get("authorization", "").partition(" ")
+        if (self._executor_token and scheme.lower() == "bearer"
+                and _matches_any(credential.strip(), (self._executor_token,))):
+            return EXECUTOR_IDENTITY, []
         if not self.enabled:
             return "anonymous", []
-        scheme, _, credential = headers.get("authorization", "").partition(" ")
         kind = self.bearer_kind(credential.strip()) if scheme.lower() == "bearer" else None
         if kind is not None:
             return token_identity(kind, credential.strip()), []
@@ -166,6 +170,9 @@ class Authenticator:
     def close(self) -> None:
         if self._file:
             self._file.close()
+
+
+EXECUTOR_IDENTITY = "executor"
 
 
 def _digest(token: str) -> str:

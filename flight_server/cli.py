@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
+import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -15,6 +18,7 @@ from catalog import Catalog, IcebergCatalog
 from engine import EngineConfig, SqlEngine
 from engine.demo import DemoDataError, load_tpch_demo
 from flight_server.auth import Authenticator
+from flight_server.cluster import CoordinatorService, ExecutorAgent
 from flight_server.config import (
     AuthConfig,
     ConfigError,
@@ -62,6 +66,9 @@ def main() -> None:
               help="Memory limit per query, e.g. 512M or 2G (default: none).")
 @click.option("--query-timeout", envvar="KRISHIV_QUERY_TIMEOUT_SECS", default=None, type=float,
               help="Seconds a query may run (default: no limit).")
+@click.option("--executors", envvar="KRISHIV_EXECUTORS", default=0, show_default=True,
+              type=click.IntRange(min=0),
+              help="Start N local executor processes and run queries on them (single-node).")
 @click.option("--max-concurrent-queries", envvar="KRISHIV_MAX_CONCURRENT_QUERIES", default=16,
               show_default=True, type=click.IntRange(min=1),
               help="Queries running at once; more wait in a queue.")
@@ -87,13 +94,15 @@ def main() -> None:
 def serve(
     host: str, port: int, warehouse: Path, catalog_uri: str | None,
     catalog_properties: tuple[str, ...], demo: bool, demo_scale: float, default_schema: str,
-    memory_limit: str | None, query_timeout: float | None, max_concurrent_queries: int,
+    memory_limit: str | None, query_timeout: float | None, executors: int,
+    max_concurrent_queries: int,
     max_queued_queries: int, max_upload: str,
     tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
     tokens: tuple[str, ...],
     token_file: str | None, users_file: str | None, insecure: bool, log_level: str,
+    distributed: bool = False,
 ) -> None:
-    """Run the embedded Flight SQL server (one process, DataFusion on all cores)."""
+    """Run the Flight SQL server: embedded (default), or with --executors N local executors."""
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -104,7 +113,10 @@ def serve(
             insecure=insecure,
             max_upload_bytes=parse_size(max_upload),
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
-            auth=auth_config(environ(), tokens, token_file, None, users_file),
+            executors=executors,
+            distributed=distributed or executors > 0,
+            auth=_with_executor_token(auth_config(environ(), tokens, token_file, None,
+                                                  users_file), executors),
             engine=EngineConfig(
                 default_schema=default_schema,
                 memory_limit_bytes=parse_size(memory_limit) if memory_limit else None,
@@ -119,6 +131,17 @@ def serve(
         raise click.ClickException(str(exc)) from None
 
 
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.pass_context
+def coordinator(context: click.Context, **options: object) -> None:
+    """Run the Flight SQL endpoint as a coordinator for executors started elsewhere
+    (`krishiv executor --coordinator grpc://HOST:PORT`); takes the options of `serve`."""
+    context.invoke(serve, distributed=True, **options)
+
+
+coordinator.params = [p for p in serve.params]
+
+
 @main.command()
 @click.option("--host", envvar="KRISHIV_EXECUTOR_HOST", default="127.0.0.1", show_default=True)
 @click.option("--port", envvar="KRISHIV_EXECUTOR_PORT", default=50051, show_default=True,
@@ -126,10 +149,18 @@ def serve(
 @click.option("--work-dir", envvar="KRISHIV_EXECUTOR_WORK_DIR", default="executor-work",
               show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Where this executor keeps shuffle files.")
+@click.option("--coordinator", envvar="KRISHIV_COORDINATOR", default=None,
+              help="The coordinator to register with, e.g. grpc://HOST:50050.")
+@click.option("--warehouse", envvar="KRISHIV_WAREHOUSE", default="warehouse", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="The embedded catalog folder the coordinator uses.")
+@click.option("--catalog-uri", envvar="KRISHIV_CATALOG_URI", default=None,
+              help="The Iceberg REST catalog the coordinator uses.")
 @click.option("--insecure", is_flag=True, help="Serve without KRISHIV_EXECUTOR_TASK_BEARER_TOKEN.")
 @click.option("--log-level", envvar="KRISHIV_LOG_LEVEL", default="INFO", show_default=True)
-def executor(host: str, port: int, work_dir: Path, insecure: bool, log_level: str) -> None:
-    """Run an executor's shuffle service (registration with a coordinator: not yet)."""
+def executor(host: str, port: int, work_dir: Path, coordinator: str | None, warehouse: Path,
+             catalog_uri: str | None, insecure: bool, log_level: str) -> None:
+    """Run an executor: serve shuffle data and, with --coordinator, run its tasks."""
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -138,14 +169,29 @@ def executor(host: str, port: int, work_dir: Path, insecure: bool, log_level: st
         raise click.ClickException(
             "set KRISHIV_EXECUTOR_TASK_BEARER_TOKEN (or pass --insecure on every node)")
     work_dir.mkdir(parents=True, exist_ok=True)
-    authenticator = Authenticator(AuthConfig(tokens=(token,) if token else ()))
-    service = FlightService(ShuffleHandler(work_dir.resolve()), authenticator.authenticate)
+    authenticator = Authenticator(AuthConfig(tokens=(token,) if token else (),
+                                             executor_token=token or None))
+    handler = ShuffleHandler(work_dir.resolve())
+    service = FlightService(handler, authenticator.authenticate)
     try:
         server, bound = start_flight_server(service, host, port, TransportConfig())
     except OSError as exc:
         raise click.ClickException(str(exc)) from None
+    if coordinator:
+        config = ServerConfig(warehouse=warehouse, catalog_uri=catalog_uri)
+        engine = SqlEngine(open_catalog(config), EngineConfig())
+        handler.agent = ExecutorAgent(coordinator, token or None, f"grpc://{host}:{bound}",
+                                      work_dir.resolve(), engine)
+        try:
+            handler.agent.start()
+        except Exception as exc:
+            server.stop(0)
+            raise click.ClickException(f"cannot register with {coordinator}: "
+                                       f"{' '.join(str(exc).split())[:200]}") from None
     print(f"krishiv: executor serving shuffle data on grpc://{host}:{bound}", flush=True)
     _wait_for_signal()
+    if handler.agent is not None:
+        handler.agent.close()
     server.stop(grace=5).wait()
     authenticator.close()
 
@@ -198,11 +244,36 @@ def prepare_catalog(config: ServerConfig) -> Catalog:
     return catalog
 
 
+def _with_executor_token(auth: AuthConfig, executors: int) -> AuthConfig:
+    """The executor token from the environment; local executors get a fresh one if unset."""
+    token = environ().get("KRISHIV_EXECUTOR_TASK_BEARER_TOKEN", "").strip()
+    if not token and executors:
+        token = secrets.token_urlsafe(32)
+    return replace(auth, executor_token=token or None)
+
+
+def _start_local_executors(config: ServerConfig, port: int) -> list[subprocess.Popen[bytes]]:
+    env = {**environ(), "KRISHIV_EXECUTOR_TASK_BEARER_TOKEN": config.auth.executor_token or ""}
+    catalog = (["--catalog-uri", config.catalog_uri] if config.catalog_uri
+               else ["--warehouse", str(config.warehouse)])
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "flight_server.cli", "executor", "--port", "0",
+             "--coordinator", f"grpc://127.0.0.1:{port}", *catalog,
+             "--work-dir", str(config.warehouse / "executors" / str(index))],
+            env=env,
+        )
+        for index in range(config.executors)
+    ]
+
+
 def run_server(config: ServerConfig) -> None:
     catalog = prepare_catalog(config)
     engine = SqlEngine(catalog, config.engine)
     authenticator = Authenticator(config.auth)
-    handler = FlightSqlHandler(engine, config.max_upload_bytes)
+    cluster = CoordinatorService(config.auth.executor_token) if config.distributed else None
+    handler = FlightSqlHandler(engine, config.max_upload_bytes, cluster,
+                               insecure_cluster=config.insecure)
     service = FlightService(handler, authenticator.authenticate)
     tls = (TlsFiles(config.tls_cert, config.tls_key, config.tls_client_ca)
            if config.tls_cert and config.tls_key else None)
@@ -213,9 +284,20 @@ def run_server(config: ServerConfig) -> None:
         log.warning("no bearer tokens configured: serving without authentication (%s)", where)
     where = f"{config.scheme}://{config.host}:{port}"
     log.info("Krishiv Flight SQL listening on %s", where)
+    executors = _start_local_executors(config, port) if config.executors else []
     print(f"krishiv: serving Flight SQL on {where}", flush=True)
     _wait_for_signal()
+    for process in executors:
+        process.terminate()
+    for process in executors:
+        process.wait(timeout=15)
+    if cluster is not None:
+        cluster.close()
     server.stop(grace=5).wait()
     authenticator.close()
     engine.close()
     sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -23,6 +23,8 @@ class AuthConfig:
     # Basic auth users as name -> password; a bearer token is issued on success.
     users: Mapping[str, str] = field(default_factory=dict)
     issued_token_ttl_s: float = 12 * 3600.0
+    # KRISHIV_EXECUTOR_TASK_BEARER_TOKEN: executors' control calls carry it.
+    executor_token: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -43,6 +45,10 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    # Local executor processes to start; with neither these nor `distributed`,
+    # queries run embedded in this process.
+    executors: int = 0
+    distributed: bool = False
     auth: AuthConfig = field(default_factory=AuthConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -51,6 +57,13 @@ class ServerConfig:
             raise ConfigError(
                 f"refusing to listen on {self.host} without bearer tokens: set "
                 "KRISHIV_COORDINATOR_BEARER_TOKENS (or a token file), or pass --insecure"
+            )
+        if self.distributed and not self.executors and not self.auth.executor_token and (
+            not self.insecure
+        ):
+            raise ConfigError(
+                "a coordinator needs KRISHIV_EXECUTOR_TASK_BEARER_TOKEN (or --insecure on "
+                "every node)"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")

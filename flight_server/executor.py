@@ -11,7 +11,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from engine.distributed.shuffle import BadShuffleKey, ShuffleKey, read_partition
-from flight_server.errors import InvalidArgument, NotFound, Unimplemented
+from flight_server.auth import EXECUTOR_IDENTITY
+from flight_server.cluster import RUN_TASK, ExecutorAgent
+from flight_server.errors import InvalidArgument, NotFound, PermissionDenied, Unimplemented
 from flight_server.generated import Flight_pb2 as fpb
 from flight_server.ipc import PutStream
 from flight_server.transport import Call
@@ -20,6 +22,7 @@ from flight_server.transport import Call
 class ShuffleHandler:
     def __init__(self, work_dir: Path) -> None:
         self._work_dir = work_dir
+        self.agent: ExecutorAgent | None = None
 
     def do_get(self, call: Call, ticket: bytes) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         try:
@@ -43,6 +46,11 @@ class ShuffleHandler:
         raise Unimplemented("an executor serves shuffle data by DoGet only")
 
     def do_action(self, call: Call, kind: str, body: bytes) -> Iterator[bytes]:
+        if kind == RUN_TASK and self.agent is not None:
+            if call.identity not in (EXECUTOR_IDENTITY, "anonymous"):
+                raise PermissionDenied("only the coordinator may run tasks here")
+            self.agent.run_task(body)
+            return iter([b"{}"])
         raise Unimplemented(f"unknown action type: {kind[:100]}")
 
     def list_actions(self) -> list[tuple[str, str]]:

@@ -10,7 +10,9 @@ import pyarrow as pa
 
 from engine import PlannedQuery, SqlEngine
 from engine.writes import COUNT_SCHEMA
-from flight_server.errors import InvalidArgument, Unimplemented
+from flight_server.auth import EXECUTOR_IDENTITY
+from flight_server.cluster import HEARTBEAT, REGISTER, REPORT, CoordinatorService
+from flight_server.errors import InvalidArgument, PermissionDenied, Unimplemented
 from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.ingest import ingest
@@ -39,6 +41,7 @@ CLOSE_SESSION = "CloseSession"
 SET_SESSION_OPTIONS = "SetSessionOptions"
 GET_SESSION_OPTIONS = "GetSessionOptions"
 CANCEL_FLIGHT_INFO = "CancelFlightInfo"
+CONTROL_ACTIONS = (REGISTER, HEARTBEAT, REPORT)
 CANCEL_QUERY = "CancelQuery"  # Flight SQL's older name, still sent by some clients
 
 _ACTIONS = [
@@ -55,10 +58,14 @@ _ACTIONS = [
 class FlightSqlHandler:
     """Flight SQL over one SqlEngine (the embedded runtime)."""
 
-    def __init__(self, engine: SqlEngine, max_upload_bytes: int) -> None:
+    def __init__(self, engine: SqlEngine, max_upload_bytes: int,
+                 cluster: CoordinatorService | None = None, insecure_cluster: bool = False
+                 ) -> None:
         self.engine = engine
         self._max_upload_bytes = max_upload_bytes
-        self._statements = Statements(engine)
+        self._cluster = cluster
+        self._insecure_cluster = insecure_cluster
+        self._statements = Statements(engine, cluster)
         self._prepared = PreparedStatements(max_upload_bytes)
         self._metadata = Metadata(engine, server_version())
         self._sessions = SessionStore(engine)
@@ -133,6 +140,12 @@ class FlightSqlHandler:
         return sql.DoPutUpdateResult(record_count=count)
 
     def do_action(self, call: Call, kind: str, body: bytes) -> Iterator[bytes]:
+        if kind in CONTROL_ACTIONS:
+            if self._cluster is None:
+                raise Unimplemented("this server runs queries embedded; it has no executors")
+            if call.identity != EXECUTOR_IDENTITY and not self._insecure_cluster:
+                raise PermissionDenied("executor control calls need the executor task token")
+            return iter([self._cluster.control(kind, body)])
         if kind == CREATE_PREPARED:
             request = unpack(body)
             if not isinstance(request, sql.ActionCreatePreparedStatementRequest):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from engine import PlannedQuery, SqlEngine
+from flight_server.cluster import CoordinatorService
 from flight_server.errors import InvalidArgument, NotFound
 from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
@@ -25,8 +26,9 @@ class _Pending:
 
 
 class Statements:
-    def __init__(self, engine: SqlEngine) -> None:
+    def __init__(self, engine: SqlEngine, cluster: CoordinatorService | None = None) -> None:
         self._engine = engine
+        self._cluster = cluster
         self._planned: HandleStore[_Pending] = HandleStore("statement", _QUERY_TTL_S)
 
     def flight_info(self, query: PlannedQuery, descriptor: fpb.FlightDescriptor) -> fpb.FlightInfo:
@@ -46,7 +48,11 @@ class Statements:
 
         def batches() -> Iterator[pa.RecordBatch]:
             try:
-                yield from self._engine.stream(pending.query, cancelled)
+                query = pending.query
+                if self._cluster is not None and query.frame is not None:
+                    yield from self._cluster.run(query, cancelled)
+                else:
+                    yield from self._engine.stream(query, cancelled)
             finally:
                 self._planned.remove_if_present(handle)
 

@@ -184,6 +184,7 @@ class _Executor:
     slots: int
     last_seen: float
     running: int = 0
+    launched: int = 0  # tasks ever given to it: ties go to the least used
 
 
 @dataclass
@@ -384,15 +385,14 @@ class Coordinator:
                     if executor is None:
                         return
                     self._executors[executor].running += 1
+                    self._executors[executor].launched += 1
                     task.state = TaskState.RUNNING
                     task.executor = executor
                     attempt = TaskAttempt(stage.task_id(job.id, task), task.attempt)
                     actions.append(LaunchTask(attempt, executor, inputs))
 
     def _freest(self) -> ExecutorId | None:
-        free = [(s.slots - s.running, e) for e, s in self._executors.items()
+        """The executor with the most free slots; among equals, the least used so far."""
+        free = [(-(s.slots - s.running), s.launched, e) for e, s in self._executors.items()
                 if s.running < s.slots]
-        if not free:
-            return None
-        most = max(n for n, _ in free)
-        return min(e for n, e in free if n == most)
+        return min(free)[2] if free else None

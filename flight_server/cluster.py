@@ -1,0 +1,285 @@
+"""The distributed runtime's I/O: the coordinator service around the job state machine,
+and the executor agent that registers, heartbeats and runs tasks.
+
+Control calls are Flight actions with JSON bodies, authenticated by the executor token.
+Today every query runs as one task (one stage, one partition) on one executor; the stage
+planner that splits queries is still to come.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from engine import PlannedQuery, SqlEngine
+from engine.arrow_types import conform_batch
+from engine.distributed.ids import Attempt, ExecutorId, JobId, StageId, TaskAttempt, TaskId
+from engine.distributed.shuffle import ShuffleKey, write_map_output
+from engine.distributed.state import (
+    Action,
+    CancelTask,
+    Coordinator,
+    Event,
+    ExecutorJoined,
+    Heartbeat,
+    JobCancelled,
+    JobFinished,
+    JobState,
+    JobSubmitted,
+    LaunchTask,
+    Settings,
+    StageSpec,
+    TaskFailed,
+    TaskSucceeded,
+    Tick,
+)
+from flight_server.errors import Cancelled, InvalidArgument, Unavailable
+
+log = logging.getLogger("krishiv.cluster")
+
+REGISTER = "krishiv.executor.register"
+HEARTBEAT = "krishiv.executor.heartbeat"
+REPORT = "krishiv.task.report"
+RUN_TASK = "krishiv.task.run"
+
+_RESULT_STAGE = StageId(0)
+# An executor whose coordinator stays unreachable this long stops itself.
+COORDINATOR_GONE_S = 30.0
+
+
+def _options(token: str | None) -> flight.FlightCallOptions:
+    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    return flight.FlightCallOptions(headers=headers, timeout=30)
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidArgument("control message is not JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument("control message must be a JSON object")
+    return value
+
+
+def _task_json(attempt: TaskAttempt) -> dict[str, Any]:
+    task = attempt.task
+    return {"job": task.job, "stage": task.stage, "stage_attempt": task.stage_attempt,
+            "partition": task.partition, "attempt": attempt.attempt}
+
+
+def _task_from(body: dict[str, Any]) -> TaskAttempt:
+    try:
+        task = TaskId(JobId(str(body["job"])), StageId(int(body["stage"])),
+                      Attempt(int(body["stage_attempt"])), int(body["partition"]))
+        return TaskAttempt(task, Attempt(int(body["attempt"])))
+    except (KeyError, TypeError, ValueError):
+        raise InvalidArgument("control message lacks a valid task id") from None
+
+
+@dataclass
+class _Waiter:
+    done: threading.Event
+    finished: JobFinished | None = None
+
+
+class CoordinatorService:
+    """Feeds the state machine and carries out its actions; one lock guards both."""
+
+    def __init__(self, executor_token: str | None, settings: Settings | None = None,
+                 tick_s: float = 0.5) -> None:
+        self._token = executor_token
+        self._machine = Coordinator(settings)
+        self._lock = threading.Lock()
+        self._addresses: dict[ExecutorId, str] = {}
+        self._tasks: dict[JobId, PlannedQuery] = {}
+        self._waiters: dict[JobId, _Waiter] = {}
+        self._launcher = ThreadPoolExecutor(max_workers=16, thread_name_prefix="launch")
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick_loop, args=(tick_s,), daemon=True)
+        self._ticker.start()
+
+    # -- events from executors ----------------------------------------------------------
+    def control(self, kind: str, body: bytes) -> bytes:
+        message = _json(body)
+        executor = ExecutorId(str(message.get("executor", "")))
+        if kind == REGISTER:
+            address = str(message.get("address", ""))
+            if not address.startswith(("grpc://", "grpc+tls://")):
+                raise InvalidArgument("executor address must be a grpc:// URI")
+            with self._lock:
+                self._addresses[executor] = address
+            self._handle(ExecutorJoined(executor, int(message.get("slots", 1)), time.monotonic()))
+            log.info("executor %s joined at %s", executor, address)
+        elif kind == HEARTBEAT:
+            self._handle(Heartbeat(executor, time.monotonic()))
+        elif kind == REPORT:
+            attempt = _task_from(message)
+            if message.get("ok"):
+                log.info("task %s finished on %s", attempt.task, executor)
+                self._handle(TaskSucceeded(attempt, executor))
+            else:
+                self._handle(TaskFailed(attempt, executor, str(message.get("error", ""))[:300]))
+        return b"{}"
+
+    def _handle(self, event: Event) -> None:
+        with self._lock:
+            actions = self._machine.handle(event)
+        for action in actions:
+            self._carry_out(action)
+
+    def _carry_out(self, action: Action) -> None:
+        if isinstance(action, LaunchTask):
+            self._launcher.submit(self._launch, action)
+        elif isinstance(action, CancelTask):
+            pass  # the executor's result is fenced off when it reports
+        elif isinstance(action, JobFinished):
+            waiter = self._waiters.get(action.job)
+            if waiter is not None:
+                waiter.finished = action
+                waiter.done.set()
+
+    def _launch(self, launch: LaunchTask) -> None:
+        query = self._tasks.get(launch.attempt.task.job)
+        address = self._addresses.get(launch.executor)
+        if query is None or address is None:
+            return
+        body = {**_task_json(launch.attempt), "sql": query.text,
+                "default_schema": query.default_schema}
+        if query.parameters is not None:
+            body["parameters"] = query.parameters.serialize().to_pybytes().hex()
+            body["parameters_schema"] = query.parameters.schema.serialize().to_pybytes().hex()
+        try:
+            client = flight.connect(address)
+            list(client.do_action(flight.Action(RUN_TASK, json.dumps(body).encode()),
+                                  _options(self._token)))
+            client.close()
+        except flight.FlightError as exc:
+            self._handle(TaskFailed(launch.attempt, launch.executor, f"launch failed: {exc}"))
+
+    def _tick_loop(self, tick_s: float) -> None:
+        while not self._stop.wait(tick_s):
+            self._handle(Tick(time.monotonic()))
+
+    # -- queries ----------------------------------------------------------------------
+    def run(self, query: PlannedQuery, is_cancelled: Callable[[], bool]
+            ) -> Iterator[pa.RecordBatch]:
+        """Run `query` as a job on the executors and stream its result."""
+        job = JobId(str(uuid.uuid4()))
+        waiter = _Waiter(threading.Event())
+        self._tasks[job] = query
+        self._waiters[job] = waiter
+        try:
+            self._handle(JobSubmitted(job, (StageSpec(_RESULT_STAGE, 1),), time.monotonic()))
+            while not waiter.done.wait(0.05):
+                if is_cancelled():
+                    self._handle(JobCancelled(job))
+                    raise Cancelled("query cancelled by the client")
+            finished = waiter.finished
+            assert finished is not None
+            if finished.state is not JobState.SUCCEEDED:
+                raise Unavailable(f"query failed on the cluster: {finished.reason}")
+            for location in finished.results:
+                key = ShuffleKey(job, _RESULT_STAGE, location.stage_attempt, 0,
+                                 location.partition, location.attempt)
+                client = flight.connect(self._addresses[location.executor])
+                reader = client.do_get(flight.Ticket(key.ticket()), _options(self._token))
+                for chunk in reader:
+                    yield conform_batch(chunk.data, query.schema)
+                client.close()
+        finally:
+            self._tasks.pop(job, None)
+            self._waiters.pop(job, None)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._launcher.shutdown(wait=False, cancel_futures=True)
+
+
+class ExecutorAgent:
+    """Registers with the coordinator, heartbeats, and runs the tasks it is sent."""
+
+    def __init__(self, coordinator: str, token: str | None, address: str, work_dir: Path,
+                 engine: SqlEngine, slots: int = 2, heartbeat_s: float = 1.0) -> None:
+        self.id = ExecutorId(f"executor-{uuid.uuid4().hex[:12]}")
+        self._coordinator = coordinator
+        self._token = token
+        self._address = address
+        self._work_dir = work_dir
+        self._engine = engine
+        self._slots = slots
+        self._runner = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="task")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeat_loop, args=(heartbeat_s,),
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._call(REGISTER, {"address": self._address, "slots": self._slots})
+        self._thread.start()
+
+    def _call(self, kind: str, body: dict[str, Any]) -> None:
+        client = flight.connect(self._coordinator)
+        try:
+            list(client.do_action(flight.Action(kind, json.dumps(
+                {"executor": self.id, **body}).encode()), _options(self._token)))
+        finally:
+            client.close()
+
+    def _heartbeat_loop(self, heartbeat_s: float) -> None:
+        last_ok = time.monotonic()
+        while not self._stop.wait(heartbeat_s):
+            try:
+                self._call(HEARTBEAT, {})
+                last_ok = time.monotonic()
+            except flight.FlightError as exc:
+                log.warning("heartbeat to %s failed: %s", self._coordinator, exc)
+                if time.monotonic() - last_ok > COORDINATOR_GONE_S:
+                    log.error("coordinator %s unreachable for %.0f s; exiting",
+                              self._coordinator, COORDINATOR_GONE_S)
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+
+    def run_task(self, body: bytes) -> None:
+        message = _json(body)
+        attempt = _task_from(message)
+        self._runner.submit(self._run, attempt, message)
+
+    def _run(self, attempt: TaskAttempt, message: dict[str, Any]) -> None:
+        task = attempt.task
+        try:
+            parameters = None
+            if "parameters" in message:
+                schema = pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(
+                    message["parameters_schema"])))
+                parameters = pa.ipc.read_record_batch(
+                    pa.py_buffer(bytes.fromhex(message["parameters"])), schema)
+            session = self._engine.session(str(message.get("default_schema") or "") or None)
+            planned = session.plan(str(message["sql"]), parameters)
+            key = ShuffleKey(task.job, task.stage, task.stage_attempt, 0, task.partition,
+                             attempt.attempt)
+            write_map_output(self._work_dir, key,
+                             self._engine.stream(planned, lambda: False), planned.schema, [], 1)
+            report: dict[str, Any] = {**_task_json(attempt), "ok": True}
+        except Exception as exc:  # reported to the coordinator, which retries or fails
+            report = {**_task_json(attempt), "ok": False, "error": " ".join(str(exc).split())}
+        try:
+            self._call(REPORT, report)
+        except flight.FlightError as exc:
+            log.warning("report of %s failed: %s", task, exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._runner.shutdown(wait=False, cancel_futures=True)

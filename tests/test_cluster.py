@@ -1,0 +1,117 @@
+"""Single-node cluster: `krishiv serve --executors 2` runs queries on executor processes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import grpc
+import pyarrow.flight as flight
+import pytest
+
+from catalog import IcebergCatalog
+from tests.conftest import adbc_connect
+from tests.flight_raw import bearer
+from tests.reference import as_multiset, duckdb_over_catalog, tpch_queries
+from tests.servers import RunningServer, running_server, start_krishiv
+
+TOKEN = "cluster-client-token"
+
+
+@pytest.fixture(scope="module")
+def cluster(demo_warehouse: Path, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[RunningServer]:
+    args = ["--executors", "2", "--default-schema", "tpch"]
+    with running_server(demo_warehouse, tmp_path_factory.mktemp("cluster"), args,
+                        TOKEN) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def duck(demo_warehouse: Path) -> duckdb.DuckDBPyConnection:
+    return duckdb_over_catalog(IcebergCatalog.embedded(str(demo_warehouse)))
+
+
+def _executors_that_ran_tasks(server: RunningServer) -> set[str]:
+    return set(re.findall(r"task \S+ finished on (executor-\w+)", server.log()))
+
+
+def test_tpch_on_executors_matches_duckdb(cluster: RunningServer,
+                                          duck: duckdb.DuckDBPyConnection) -> None:
+    texts = tpch_queries(duck)
+    with adbc_connect(cluster) as conn, conn.cursor() as cur:
+        for number in range(1, 23):
+            cur.execute(texts[number])
+            got = cur.fetchall()
+            expected = duck.execute(texts[number]).fetchall()
+            assert as_multiset(got) == as_multiset(expected), f"q{number}"
+    assert len(_executors_that_ran_tasks(cluster)) == 2  # both executors worked
+
+
+def test_parameters_and_writes_with_executors(cluster: RunningServer) -> None:
+    with adbc_connect(cluster) as conn, conn.cursor() as cur:
+        cur.execute("SELECT n_name FROM nation WHERE n_nationkey = ?", (3,))
+        assert cur.fetchall() == [("CANADA",)]
+        cur.execute("CREATE TABLE public.cluster_t AS SELECT r_regionkey FROM region")
+        cur.execute("SELECT count(*) FROM public.cluster_t")
+        assert cur.fetchall() == [(5,)]
+        cur.execute("DROP TABLE public.cluster_t")
+
+
+def test_control_calls_need_the_executor_token(cluster: RunningServer) -> None:
+    client = flight.connect(cluster.uri)
+    with pytest.raises(flight.FlightUnauthorizedError, match="executor task token"):
+        list(client.do_action(flight.Action("krishiv.executor.register",
+                                            b'{"executor": "rogue", "address": "grpc://x:1"}'),
+                              bearer(TOKEN)))
+    client.close()
+    code = _status_of_register(cluster.port)
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def _status_of_register(port: int) -> grpc.StatusCode:
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    call = channel.unary_stream("/arrow.flight.protocol.FlightService/DoAction",
+                                request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    try:
+        list(call(b"\n\x19krishiv.executor.register"))
+    except grpc.RpcError as err:
+        return err.code()
+    finally:
+        channel.close()
+    return grpc.StatusCode.OK
+
+
+def test_coordinator_with_executors_started_by_hand(
+    demo_warehouse: Path, tmp_path: Path, duck: duckdb.DuckDBPyConnection
+) -> None:
+    executor_token = "hand-started-executor-token"
+    env = {"KRISHIV_EXECUTOR_TASK_BEARER_TOKEN": executor_token}
+    coordinator = start_krishiv(
+        ["coordinator", "--warehouse", str(demo_warehouse), "--default-schema", "tpch"],
+        tmp_path, env, None, "serving Flight SQL", 120.0)
+    executors: list[RunningServer] = []
+    try:
+        for index in range(2):
+            executors.append(start_krishiv(
+                ["executor", "--coordinator", f"grpc://127.0.0.1:{coordinator.port}",
+                 "--warehouse", str(demo_warehouse), "--work-dir", str(tmp_path / f"w{index}")],
+                tmp_path, env, executor_token, "executor serving shuffle data", 60.0))
+        texts = tpch_queries(duck)
+        with adbc_connect(coordinator) as conn, conn.cursor() as cur:
+            for number in (1, 3, 6, 13):
+                cur.execute(texts[number])
+                assert as_multiset(cur.fetchall()) == as_multiset(
+                    duck.execute(texts[number]).fetchall())
+        assert len(_executors_that_ran_tasks(coordinator)) == 2
+    finally:
+        for process in [*executors, coordinator]:
+            process.stop()
+
+
+def test_coordinator_refuses_to_start_without_executor_token(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="a coordinator needs KRISHIV_EXECUTOR_TASK_BEARER"):
+        start_krishiv(["coordinator", "--warehouse", str(tmp_path / "wh")], tmp_path, {}, None,
+                      "serving Flight SQL", 60.0)
