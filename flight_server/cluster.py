@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -54,6 +55,7 @@ REGISTER = "krishiv.executor.register"
 HEARTBEAT = "krishiv.executor.heartbeat"
 REPORT = "krishiv.task.report"
 RUN_TASK = "krishiv.task.run"
+DROP_JOB = "krishiv.job.drop"  # delete a finished job's shuffle files
 
 _RESULT_STAGE = StageId(0)
 # An executor whose coordinator stays unreachable this long stops itself.
@@ -203,6 +205,18 @@ class CoordinatorService:
         finally:
             self._tasks.pop(job, None)
             self._waiters.pop(job, None)
+            self._launcher.submit(self._drop_everywhere, job)
+
+    def _drop_everywhere(self, job: JobId) -> None:
+        """Ask every executor to delete the job's shuffle files (best effort)."""
+        body = json.dumps({"job": job}).encode()
+        for address in list(self._addresses.values()):
+            try:
+                client = flight.connect(address)
+                list(client.do_action(flight.Action(DROP_JOB, body), _options(self._token)))
+                client.close()
+            except flight.FlightError as exc:
+                log.warning("could not drop job %s files at %s: %s", job, address, exc)
 
     def close(self) -> None:
         self._stop.set()
@@ -279,6 +293,16 @@ class ExecutorAgent:
             self._call(REPORT, report)
         except flight.FlightError as exc:
             log.warning("report of %s failed: %s", task, exc)
+
+    def drop_job(self, body: bytes) -> None:
+        job = str(_json(body).get("job", ""))
+        try:
+            canonical = str(uuid.UUID(job))
+        except ValueError:
+            raise InvalidArgument("job id must be a UUID") from None
+        if canonical != job:
+            raise InvalidArgument("job id must be a canonical UUID")
+        shutil.rmtree(self._work_dir / job, ignore_errors=True)
 
     def close(self) -> None:
         self._stop.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,6 +107,12 @@ def test_coordinator_with_executors_started_by_hand(
                 assert as_multiset(cur.fetchall()) == as_multiset(
                     duck.execute(texts[number]).fetchall())
         assert len(_executors_that_ran_tasks(coordinator)) == 2
+        # finished jobs leave no shuffle files behind
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(
+                any((tmp_path / f"w{i}").iterdir()) for i in range(2)):
+            time.sleep(0.2)
+        assert not any(any((tmp_path / f"w{i}").iterdir()) for i in range(2))
     finally:
         for process in [*executors, coordinator]:
             process.stop()
