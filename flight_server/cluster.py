@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import threading
@@ -58,6 +59,7 @@ RUN_TASK = "krishiv.task.run"
 DROP_JOB = "krishiv.job.drop"  # delete a finished job's shuffle files
 
 _RESULT_STAGE = StageId(0)
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\b", re.IGNORECASE)
 # An executor whose coordinator stays unreachable this long stops itself.
 COORDINATOR_GONE_S = 30.0
 
@@ -202,10 +204,25 @@ class CoordinatorService:
                 for chunk in reader:
                     yield conform_batch(chunk.data, query.schema)
                 client.close()
+            distributed_plan = self.explain(query)
+            if distributed_plan is not None:
+                yield distributed_plan
         finally:
             self._tasks.pop(job, None)
             self._waiters.pop(job, None)
             self._launcher.submit(self._drop_everywhere, job)
+
+    def explain(self, query: PlannedQuery) -> pa.RecordBatch | None:
+        """The distributed plan as an extra EXPLAIN row, for EXPLAIN queries."""
+        if not _EXPLAIN.match(query.text) or query.schema.names != ["plan_type", "plan"]:
+            return None
+        with self._lock:
+            executors = len(self._addresses)
+        plan = (f"Stage {_RESULT_STAGE}: 1 task (gather) on one of {executors} executors; "
+                "the whole query runs in that task because the stage planner does not split "
+                "queries into stages yet")
+        return pa.record_batch([pa.array(["distributed_plan"]), pa.array([plan])],
+                               schema=query.schema)
 
     def _drop_everywhere(self, job: JobId) -> None:
         """Ask every executor to delete the job's shuffle files (best effort)."""

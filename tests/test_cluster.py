@@ -61,6 +61,14 @@ def test_parameters_and_writes_with_executors(cluster: RunningServer) -> None:
         cur.execute("DROP TABLE public.cluster_t")
 
 
+def test_explain_says_how_the_query_is_distributed(cluster: RunningServer) -> None:
+    with adbc_connect(cluster) as conn, conn.cursor() as cur:
+        cur.execute("EXPLAIN SELECT count(*) FROM lineitem")
+        rows = dict(cur.fetchall())
+    assert "physical_plan" in rows
+    assert rows["distributed_plan"].startswith("Stage 0: 1 task (gather) on one of 2 executors")
+
+
 def test_control_calls_need_the_executor_token(cluster: RunningServer) -> None:
     client = flight.connect(cluster.uri)
     with pytest.raises(flight.FlightUnauthorizedError, match="executor task token"):
