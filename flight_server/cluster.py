@@ -48,6 +48,14 @@ from engine.distributed.state import (
     TaskSucceeded,
     Tick,
 )
+from engine.errors import (
+    EngineError,
+    InvalidQuery,
+    NotAllowed,
+    ObjectNotFound,
+    QueryTimeout,
+    ResourceExhausted,
+)
 from flight_server.errors import Cancelled, InvalidArgument, Unavailable
 
 log = logging.getLogger("krishiv.cluster")
@@ -94,6 +102,22 @@ def _task_from(body: dict[str, Any]) -> TaskAttempt:
         raise InvalidArgument("control message lacks a valid task id") from None
 
 
+# Engine errors that say the query itself is at fault: the same on any executor.
+_QUERY_ERRORS: dict[str, type[EngineError]] = {
+    cls.__name__: cls
+    for cls in (InvalidQuery, ObjectNotFound, NotAllowed, ResourceExhausted, QueryTimeout)
+}
+
+
+def _client_error(reason: str) -> Exception:
+    """A failed job's reason as the typed error the client would get embedded."""
+    kind, _, message = reason.partition(": ")
+    error_type = _QUERY_ERRORS.get(kind)
+    if error_type is not None:
+        return error_type(message)
+    return Unavailable(f"query failed on the cluster: {reason}")
+
+
 @dataclass
 class _Waiter:
     done: threading.Event
@@ -136,7 +160,9 @@ class CoordinatorService:
                 log.info("task %s finished on %s", attempt.task, executor)
                 self._handle(TaskSucceeded(attempt, executor))
             else:
-                self._handle(TaskFailed(attempt, executor, str(message.get("error", ""))[:300]))
+                kind = str(message.get("error_kind", ""))
+                reason = f"{kind}: {str(message.get('error', ''))[:300]}"
+                self._handle(TaskFailed(attempt, executor, reason, fatal=kind in _QUERY_ERRORS))
         return b"{}"
 
     def _handle(self, event: Event) -> None:
@@ -195,7 +221,7 @@ class CoordinatorService:
             finished = waiter.finished
             assert finished is not None
             if finished.state is not JobState.SUCCEEDED:
-                raise Unavailable(f"query failed on the cluster: {finished.reason}")
+                raise _client_error(finished.reason)
             for location in finished.results:
                 key = ShuffleKey(job, _RESULT_STAGE, location.stage_attempt, 0,
                                  location.partition, location.attempt)
@@ -305,7 +331,8 @@ class ExecutorAgent:
                              self._engine.stream(planned, lambda: False), planned.schema, [], 1)
             report: dict[str, Any] = {**_task_json(attempt), "ok": True}
         except Exception as exc:  # reported to the coordinator, which retries or fails
-            report = {**_task_json(attempt), "ok": False, "error": " ".join(str(exc).split())}
+            report = {**_task_json(attempt), "ok": False, "error_kind": type(exc).__name__,
+                      "error": " ".join(str(exc).split())}
         try:
             self._call(REPORT, report)
         except flight.FlightError as exc:

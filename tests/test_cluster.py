@@ -14,7 +14,7 @@ import pytest
 
 from catalog import IcebergCatalog
 from tests.conftest import adbc_connect
-from tests.flight_raw import bearer
+from tests.flight_raw import bearer, grpc_status_of_query
 from tests.reference import as_multiset, duckdb_over_catalog, tpch_queries
 from tests.servers import RunningServer, running_server, start_krishiv
 
@@ -67,6 +67,14 @@ def test_explain_says_how_the_query_is_distributed(cluster: RunningServer) -> No
         rows = dict(cur.fetchall())
     assert "physical_plan" in rows
     assert rows["distributed_plan"].startswith("Stage 0: 1 task (gather) on one of 2 executors")
+
+
+def test_query_errors_on_executors_keep_their_status(cluster: RunningServer) -> None:
+    code, message = grpc_status_of_query(
+        cluster.port, "SELECT 10 / (n_nationkey - 3) FROM nation", TOKEN)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Divide by zero" in message
+    assert "failed 4 times" not in message  # not retried: the query itself is wrong
 
 
 def test_control_calls_need_the_executor_token(cluster: RunningServer) -> None:

@@ -186,3 +186,13 @@ def test_reports_for_unknown_jobs_are_fenced() -> None:
     unknown = TaskAttempt(TaskId(JobId("nope"), MAP, Attempt(0), 0), Attempt(0))
     coordinator.handle(TaskSucceeded(unknown, A))
     assert coordinator.metrics.rejected_reports == 1
+
+
+def test_fatal_failure_ends_the_job_without_retries() -> None:
+    coordinator = Coordinator()
+    launch = start(coordinator)[0]
+    actions = coordinator.handle(TaskFailed(launch.attempt, launch.executor, "bad SQL",
+                                            fatal=True))
+    (end,) = finished(actions)
+    assert end.state is JobState.FAILED and end.reason == "bad SQL"
+    assert coordinator.metrics.task_retries == 0

@@ -78,6 +78,7 @@ class TaskFailed:
     attempt: TaskAttempt
     executor: ExecutorId
     reason: str
+    fatal: bool = False  # the query itself is wrong: retrying cannot help
 
 
 @dataclass(frozen=True)
@@ -222,8 +223,8 @@ class Coordinator:
                 self._submit(job, stages, now)
             case TaskSucceeded(attempt, executor):
                 self._succeeded(attempt, executor, actions)
-            case TaskFailed(attempt, executor, reason):
-                self._failed(attempt, executor, reason, actions)
+            case TaskFailed(attempt, executor, reason, fatal):
+                self._failed(attempt, executor, reason, fatal, actions)
             case FetchFailed(attempt, executor, lost):
                 self._fetch_failed(attempt, executor, lost, actions)
             case JobCancelled(job):
@@ -276,7 +277,7 @@ class Coordinator:
             job.state = JobState.SUCCEEDED
             actions.append(JobFinished(job.id, JobState.SUCCEEDED, results=final.outputs()))
 
-    def _failed(self, attempt: TaskAttempt, executor: ExecutorId, reason: str,
+    def _failed(self, attempt: TaskAttempt, executor: ExecutorId, reason: str, fatal: bool,
                 actions: list[Action]) -> None:
         found = self._current(attempt, executor)
         if found is None:
@@ -285,6 +286,9 @@ class Coordinator:
         job, _, task = found
         task.failures += 1
         self._requeue(task)
+        if fatal:
+            self._end(job.id, JobState.FAILED, reason, actions)
+            return
         if task.failures >= self.settings.max_task_failures:
             self._end(job.id, JobState.FAILED,
                       f"task {attempt.task} failed {task.failures} times: {reason}", actions)
