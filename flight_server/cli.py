@@ -17,6 +17,7 @@ import click
 from catalog import Catalog, IcebergCatalog
 from engine import EngineConfig, SqlEngine
 from engine.demo import DemoDataError, load_tpch_demo
+from engine.distributed.state import Settings
 from flight_server.auth import Authenticator
 from flight_server.cluster import CoordinatorService, ExecutorAgent
 from flight_server.config import (
@@ -69,6 +70,12 @@ def main() -> None:
 @click.option("--executors", envvar="KRISHIV_EXECUTORS", default=0, show_default=True,
               type=click.IntRange(min=0),
               help="Start N local executor processes and run queries on them (single-node).")
+@click.option("--heartbeat-timeout", envvar="KRISHIV_HEARTBEAT_TIMEOUT_SECS", default=10.0,
+              show_default=True, type=click.FloatRange(min=0.5),
+              help="Seconds without a heartbeat after which an executor counts as lost.")
+@click.option("--executor-grace", envvar="KRISHIV_EXECUTOR_GRACE_SECS", default=30.0,
+              show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a query waits with no executor before failing UNAVAILABLE.")
 @click.option("--max-concurrent-queries", envvar="KRISHIV_MAX_CONCURRENT_QUERIES", default=16,
               show_default=True, type=click.IntRange(min=1),
               help="Queries running at once; more wait in a queue.")
@@ -95,7 +102,7 @@ def serve(
     host: str, port: int, warehouse: Path, catalog_uri: str | None,
     catalog_properties: tuple[str, ...], demo: bool, demo_scale: float, default_schema: str,
     memory_limit: str | None, query_timeout: float | None, executors: int,
-    max_concurrent_queries: int,
+    heartbeat_timeout: float, executor_grace: float, max_concurrent_queries: int,
     max_queued_queries: int, max_upload: str,
     tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
     tokens: tuple[str, ...],
@@ -115,6 +122,7 @@ def serve(
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
             executors=executors,
             distributed=distributed or executors > 0,
+            heartbeat_timeout_s=heartbeat_timeout, no_executor_grace_s=executor_grace,
             auth=_with_executor_token(auth_config(environ(), tokens, token_file, None,
                                                   users_file), executors),
             engine=EngineConfig(
@@ -271,7 +279,10 @@ def run_server(config: ServerConfig) -> None:
     catalog = prepare_catalog(config)
     engine = SqlEngine(catalog, config.engine)
     authenticator = Authenticator(config.auth)
-    cluster = CoordinatorService(config.auth.executor_token) if config.distributed else None
+    settings = Settings(heartbeat_timeout_s=config.heartbeat_timeout_s,
+                        no_executor_grace_s=config.no_executor_grace_s)
+    cluster = (CoordinatorService(config.auth.executor_token, settings)
+               if config.distributed else None)
     handler = FlightSqlHandler(engine, config.max_upload_bytes, cluster,
                                insecure_cluster=config.insecure)
     service = FlightService(handler, authenticator.authenticate)

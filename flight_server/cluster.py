@@ -36,6 +36,7 @@ from engine.distributed.state import (
     Coordinator,
     Event,
     ExecutorJoined,
+    ExecutorLost,
     Heartbeat,
     JobCancelled,
     JobFinished,
@@ -198,7 +199,11 @@ class CoordinatorService:
                                   _options(self._token)))
             client.close()
         except flight.FlightError as exc:
-            self._handle(TaskFailed(launch.attempt, launch.executor, f"launch failed: {exc}"))
+            # An executor that cannot take a task is gone: its work moves elsewhere and
+            # the task's own failure budget is kept.
+            log.warning("executor %s unreachable (%s); marking it lost", launch.executor,
+                        " ".join(str(exc).split())[:200])
+            self._handle(ExecutorLost(launch.executor))
 
     def _tick_loop(self, tick_s: float) -> None:
         while not self._stop.wait(tick_s):

@@ -49,6 +49,8 @@ class ServerConfig:
     # queries run embedded in this process.
     executors: int = 0
     distributed: bool = False
+    heartbeat_timeout_s: float = 10.0  # an executor silent this long is lost
+    no_executor_grace_s: float = 30.0  # queries fail after this long with no executor
     auth: AuthConfig = field(default_factory=AuthConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,3 +140,41 @@ def test_coordinator_refuses_to_start_without_executor_token(tmp_path: Path) -> 
     with pytest.raises(RuntimeError, match="a coordinator needs KRISHIV_EXECUTOR_TASK_BEARER"):
         start_krishiv(["coordinator", "--warehouse", str(tmp_path / "wh")], tmp_path, {}, None,
                       "serving Flight SQL", 60.0)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_losing_executors(demo_warehouse: Path, tmp_path: Path) -> None:
+    """One executor killed: queries go on; every executor killed: UNAVAILABLE, no hang."""
+    args = ["--executors", "2", "--default-schema", "tpch", "--heartbeat-timeout", "2",
+            "--executor-grace", "2"]
+    with (
+        running_server(demo_warehouse, tmp_path, args, TOKEN) as server,
+        adbc_connect(server) as conn,
+        conn.cursor() as cur,
+    ):
+        for _ in range(2):
+            cur.execute("SELECT count(*) FROM region")
+            assert cur.fetchall() == [(5,)]
+        executors = _children(server.process.pid)
+        assert len(executors) == 2
+        os.kill(executors[0], signal.SIGKILL)
+        for _ in range(4):  # launches to the dead one fail and move to the other
+            cur.execute("SELECT count(*) FROM nation")
+            assert cur.fetchall() == [(25,)]
+        os.kill(executors[1], signal.SIGKILL)
+        started = time.monotonic()
+        code, message = grpc_status_of_query(server.port, "SELECT 1", TOKEN)
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert "no executors are available" in message
+        assert time.monotonic() - started < 20
