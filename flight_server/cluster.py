@@ -66,6 +66,7 @@ HEARTBEAT = "krishiv.executor.heartbeat"
 REPORT = "krishiv.task.report"
 RUN_TASK = "krishiv.task.run"
 DROP_JOB = "krishiv.job.drop"  # delete a finished job's shuffle files
+CANCEL_TASK = "krishiv.task.cancel"
 
 _RESULT_STAGE = StageId(0)
 _EXPLAIN = re.compile(r"^\s*EXPLAIN\b", re.IGNORECASE)
@@ -176,7 +177,7 @@ class CoordinatorService:
         if isinstance(action, LaunchTask):
             self._launcher.submit(self._launch, action)
         elif isinstance(action, CancelTask):
-            pass  # the executor's result is fenced off when it reports
+            self._launcher.submit(self._cancel, action)
         elif isinstance(action, JobFinished):
             waiter = self._waiters.get(action.job)
             if waiter is not None:
@@ -204,6 +205,20 @@ class CoordinatorService:
             log.warning("executor %s unreachable (%s); marking it lost", launch.executor,
                         " ".join(str(exc).split())[:200])
             self._handle(ExecutorLost(launch.executor))
+
+    def _cancel(self, cancel: CancelTask) -> None:
+        """Stop the task's work; its late report would be fenced off anyway."""
+        address = self._addresses.get(cancel.executor)
+        if address is None:
+            return
+        try:
+            client = flight.connect(address)
+            list(client.do_action(flight.Action(CANCEL_TASK, json.dumps(
+                _task_json(cancel.attempt)).encode()), _options(self._token)))
+            client.close()
+        except flight.FlightError as exc:
+            log.warning("could not cancel %s on %s: %s", cancel.attempt.task,
+                        cancel.executor, exc)
 
     def _tick_loop(self, tick_s: float) -> None:
         while not self._stop.wait(tick_s):
@@ -284,6 +299,7 @@ class ExecutorAgent:
         self._engine = engine
         self._slots = slots
         self._runner = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="task")
+        self._cancelled: dict[TaskAttempt, threading.Event] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat_loop, args=(heartbeat_s,),
                                         daemon=True)
@@ -317,7 +333,15 @@ class ExecutorAgent:
     def run_task(self, body: bytes) -> None:
         message = _json(body)
         attempt = _task_from(message)
+        self._cancelled[attempt] = threading.Event()
         self._runner.submit(self._run, attempt, message)
+
+    def cancel_task(self, body: bytes) -> None:
+        attempt = _task_from(_json(body))
+        event = self._cancelled.get(attempt)
+        log.info("cancel %s: %s", attempt.task, "running" if event else "not running")
+        if event is not None:
+            event.set()
 
     def _run(self, attempt: TaskAttempt, message: dict[str, Any]) -> None:
         task = attempt.task
@@ -332,12 +356,16 @@ class ExecutorAgent:
             planned = session.plan(str(message["sql"]), parameters)
             key = ShuffleKey(task.job, task.stage, task.stage_attempt, 0, task.partition,
                              attempt.attempt)
-            write_map_output(self._work_dir, key,
-                             self._engine.stream(planned, lambda: False), planned.schema, [], 1)
+            cancelled = self._cancelled[attempt].is_set
+            write_map_output(self._work_dir, key, self._engine.stream(planned, cancelled),
+                             planned.schema, [], 1)
             report: dict[str, Any] = {**_task_json(attempt), "ok": True}
         except Exception as exc:  # reported to the coordinator, which retries or fails
+            log.info("task %s failed: %s", task, type(exc).__name__)
             report = {**_task_json(attempt), "ok": False, "error_kind": type(exc).__name__,
                       "error": " ".join(str(exc).split())}
+        finally:
+            self._cancelled.pop(attempt, None)
         try:
             self._call(REPORT, report)
         except flight.FlightError as exc:

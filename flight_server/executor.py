@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from engine.distributed.shuffle import BadShuffleKey, ShuffleKey, read_partition
 from flight_server.auth import EXECUTOR_IDENTITY
-from flight_server.cluster import DROP_JOB, RUN_TASK, ExecutorAgent
+from flight_server.cluster import CANCEL_TASK, DROP_JOB, RUN_TASK, ExecutorAgent
 from flight_server.errors import InvalidArgument, NotFound, PermissionDenied, Unimplemented
 from flight_server.generated import Flight_pb2 as fpb
 from flight_server.ipc import PutStream
@@ -46,11 +46,13 @@ class ShuffleHandler:
         raise Unimplemented("an executor serves shuffle data by DoGet only")
 
     def do_action(self, call: Call, kind: str, body: bytes) -> Iterator[bytes]:
-        if kind in (RUN_TASK, DROP_JOB) and self.agent is not None:
+        if kind in (RUN_TASK, CANCEL_TASK, DROP_JOB) and self.agent is not None:
             if call.identity not in (EXECUTOR_IDENTITY, "anonymous"):
                 raise PermissionDenied("only the coordinator may run tasks here")
             if kind == RUN_TASK:
                 self.agent.run_task(body)
+            elif kind == CANCEL_TASK:
+                self.agent.cancel_task(body)
             else:
                 self.agent.drop_job(body)
             return iter([b"{}"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,3 +179,33 @@ def test_losing_executors(demo_warehouse: Path, tmp_path: Path) -> None:
         assert code == grpc.StatusCode.UNAVAILABLE
         assert "no executors are available" in message
         assert time.monotonic() - started < 20
+
+
+def test_cancel_reaches_the_executor(cluster: RunningServer) -> None:
+    """The client's cancel is forwarded: the executor ends its task (it reports it)."""
+    conn = adbc_connect(cluster)
+    cur = conn.cursor()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            # minutes of work: its task only ends soon if the cancel reaches the executor
+            cur.execute("SELECT count(*) FROM lineitem a, lineitem b, nation c "
+                        "WHERE a.l_orderkey + b.l_orderkey > c.n_nationkey")
+            cur.fetchall()
+        except BaseException as exc:
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    time.sleep(2.0)  # planned, launched and running on an executor by now
+    cur.adbc_cancel()
+    worker.join(10)
+    assert failure and "DoGet" in str(failure[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "failed: QueryCancelled" not in cluster.log():
+        time.sleep(0.1)
+    assert "failed: QueryCancelled" in cluster.log()
+    assert re.search(r"cancel \S+: running", cluster.log())
+    cur.close()
+    conn.close()
