@@ -79,6 +79,15 @@ def _options(token: str | None) -> flight.FlightCallOptions:
     return flight.FlightCallOptions(headers=headers, timeout=30)
 
 
+def _send(address: str, kind: str, body: dict[str, Any], token: str | None) -> None:
+    """One control action to another node, its JSON `body` as the action body."""
+    client = flight.connect(address)
+    try:
+        list(client.do_action(flight.Action(kind, json.dumps(body).encode()), _options(token)))
+    finally:
+        client.close()
+
+
 def _json(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body)
@@ -195,10 +204,7 @@ class CoordinatorService:
             body["parameters"] = query.parameters.serialize().to_pybytes().hex()
             body["parameters_schema"] = query.parameters.schema.serialize().to_pybytes().hex()
         try:
-            client = flight.connect(address)
-            list(client.do_action(flight.Action(RUN_TASK, json.dumps(body).encode()),
-                                  _options(self._token)))
-            client.close()
+            _send(address, RUN_TASK, body, self._token)
         except flight.FlightError as exc:
             # An executor that cannot take a task is gone: its work moves elsewhere and
             # the task's own failure budget is kept.
@@ -212,10 +218,7 @@ class CoordinatorService:
         if address is None:
             return
         try:
-            client = flight.connect(address)
-            list(client.do_action(flight.Action(CANCEL_TASK, json.dumps(
-                _task_json(cancel.attempt)).encode()), _options(self._token)))
-            client.close()
+            _send(address, CANCEL_TASK, _task_json(cancel.attempt), self._token)
         except flight.FlightError as exc:
             log.warning("could not cancel %s on %s: %s", cancel.attempt.task,
                         cancel.executor, exc)
@@ -272,12 +275,9 @@ class CoordinatorService:
 
     def _drop_everywhere(self, job: JobId) -> None:
         """Ask every executor to delete the job's shuffle files (best effort)."""
-        body = json.dumps({"job": job}).encode()
         for address in list(self._addresses.values()):
             try:
-                client = flight.connect(address)
-                list(client.do_action(flight.Action(DROP_JOB, body), _options(self._token)))
-                client.close()
+                _send(address, DROP_JOB, {"job": job}, self._token)
             except flight.FlightError as exc:
                 log.warning("could not drop job %s files at %s: %s", job, address, exc)
 
@@ -309,12 +309,7 @@ class ExecutorAgent:
         self._thread.start()
 
     def _call(self, kind: str, body: dict[str, Any]) -> None:
-        client = flight.connect(self._coordinator)
-        try:
-            list(client.do_action(flight.Action(kind, json.dumps(
-                {"executor": self.id, **body}).encode()), _options(self._token)))
-        finally:
-            client.close()
+        _send(self._coordinator, kind, {"executor": self.id, **body}, self._token)
 
     def _heartbeat_loop(self, heartbeat_s: float) -> None:
         last_ok = time.monotonic()
