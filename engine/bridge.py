@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 
+import pyarrow as pa
 import pyarrow.dataset as ds
-from datafusion import SessionConfig, SessionContext
+from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext
 from datafusion.catalog import CatalogProvider, SchemaProvider, Table
 
 from catalog import Catalog, NamespaceNotFound, TableIdent, TableNotFound, TableScan
 from engine.arrow_types import plain_schema
+from engine.config import EngineConfig
 
 # Shared settings for every DataFusion context the engine makes.
 DATAFUSION_SETTINGS = {
@@ -17,6 +19,28 @@ DATAFUSION_SETTINGS = {
     "datafusion.sql_parser.map_string_types_to_utf8view": "false",
     "datafusion.optimizer.expand_views_at_output": "true",
 }
+
+
+def base_context(config: EngineConfig, catalog_schema: tuple[str, str] | None = None
+                 ) -> SessionContext:
+    """A context with the engine's settings and a memory pool of its own.
+
+    With `catalog_schema`, names resolve in that catalog and schema, which the caller
+    registers; without, the context only runs plans (as query workers do).
+    """
+    settings = SessionConfig()
+    for key, value in DATAFUSION_SETTINGS.items():
+        settings = settings.set(key, value)
+    settings = settings.with_target_partitions(config.target_partitions).with_batch_size(
+        config.batch_size)
+    if catalog_schema is not None:
+        settings = (settings.with_create_default_catalog_and_schema(False)
+                    .with_default_catalog_and_schema(*catalog_schema)
+                    .with_information_schema(True))
+    runtime = RuntimeEnvBuilder().with_disk_manager_os()
+    if config.memory_limit_bytes is not None:
+        runtime = runtime.with_fair_spill_pool(config.memory_limit_bytes)
+    return SessionContext(settings, runtime)
 
 
 class TableCache:
@@ -59,11 +83,15 @@ class TableCache:
             return self._build(scan)
         return Table(ds.dataset(list(scan.data_files), schema=schema, format="parquet"))
 
+    def memory_table(self, rows: pa.Table) -> Table:
+        """`rows` as a table whose scans ship with a plan (a pyarrow dataset's do not)."""
+        return Table(self._reader.from_arrow(rows))
+
     def _build(self, scan: TableScan) -> Table:
         schema = plain_schema(scan.schema)
         if scan.arrow is not None or not scan.data_files:
             rows = scan.arrow if scan.arrow is not None else scan.schema.empty_table()
-            return Table(ds.dataset(rows.cast(schema)))
+            return self.memory_table(rows.cast(schema))
         frames = [self._reader.read_parquet(path, schema=schema) for path in scan.data_files]
         frame = frames[0]
         for other in frames[1:]:

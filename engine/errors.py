@@ -35,3 +35,7 @@ class QueryCancelled(EngineError):
 
 class ServerBusy(EngineError):
     """All query slots and the waiting queue are full."""
+
+
+class WorkerLost(EngineError):
+    """The process running the query ended unexpectedly (killed, out of memory)."""

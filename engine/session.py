@@ -6,15 +6,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.dataset as ds
-from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionContext, SQLOptions
+from datafusion import DataFrame, SessionContext, SQLOptions
 from datafusion.catalog import Table
 from datafusion.plan import LogicalPlan
 
 from catalog import Catalog, NamespaceNotFound, TableIdent, TableNotFound
 from engine.admission import Admission
 from engine.arrow_types import conform_batch, plain_schema, split_batch
-from engine.bridge import DATAFUSION_SETTINGS, CatalogBridge, TableCache
+from engine.bridge import CatalogBridge, TableCache, base_context
 from engine.config import EngineConfig
 from engine.dialects import DATAFUSION, to_datafusion
 from engine.parameters import bound_values, number_placeholders, parameter_schema
@@ -22,6 +21,7 @@ from engine.references import referenced_tables
 from engine.runner import StreamRunner
 from engine.statements import WriteStatement, classify
 from engine.translate import translated_errors
+from engine.workers import QueryWorkers
 from engine.writes import COUNT_SCHEMA, Writer, count_rows
 
 # Client SQL may only query: DDL, DML and SET would reach files and runtime settings.
@@ -42,6 +42,21 @@ class PlannedQuery:
     parameters: pa.RecordBatch | None = None
 
 
+def shippable_plan(frame: DataFrame) -> bytes | None:
+    """The physical plan as bytes for a query worker; None when a scan cannot ship.
+
+    Only tables met first while planning are read through pyarrow datasets, whose scans
+    do not serialize; those queries run in this process and a cancel cannot stop them.
+    """
+    plan = frame.execution_plan()
+    try:
+        return plan.to_bytes()
+    except Exception as exc:
+        if "PhysicalExtensionCodec" in str(exc):
+            return None
+        raise
+
+
 class SqlEngine:
     """Shared by all sessions: catalog, table cache, stream runner."""
 
@@ -50,6 +65,7 @@ class SqlEngine:
         self.config = config
         self.tables = TableCache(catalog)
         self._runner = StreamRunner()
+        self._workers = QueryWorkers(config)
         self.admission = Admission(config.max_running_queries, config.max_queued_queries)
 
     def session(self, default_schema: str | None = None, dialect: str = DATAFUSION,
@@ -68,20 +84,7 @@ class SqlEngine:
     def new_context(
         self, default_schema: str, resolved: dict[TableIdent, Table] | None = None
     ) -> SessionContext:
-        settings = SessionConfig()
-        for key, value in DATAFUSION_SETTINGS.items():
-            settings = settings.set(key, value)
-        settings = (
-            settings.with_create_default_catalog_and_schema(False)
-            .with_default_catalog_and_schema(self.config.catalog_name, default_schema)
-            .with_information_schema(True)
-            .with_target_partitions(self.config.target_partitions)
-            .with_batch_size(self.config.batch_size)
-        )
-        runtime = RuntimeEnvBuilder().with_disk_manager_os()
-        if self.config.memory_limit_bytes is not None:
-            runtime = runtime.with_fair_spill_pool(self.config.memory_limit_bytes)
-        ctx = SessionContext(settings, runtime)
+        ctx = base_context(self.config, (self.config.catalog_name, default_schema))
         bridge = CatalogBridge(self.tables, resolved or {})
         ctx.register_catalog_provider(self.config.catalog_name, bridge)
         return ctx
@@ -95,6 +98,11 @@ class SqlEngine:
         assert query.frame is not None
         timeout_s = self.config.query_timeout_s
         with self.admission.slot(is_cancelled, timeout_s):
+            with translated_errors():
+                plan = shippable_plan(query.frame)
+            if plan is not None:
+                yield from self._workers.batches(plan, query.schema, timeout_s, is_cancelled)
+                return
             batches = self._runner.batches(query.frame, timeout_s, is_cancelled)
             with translated_errors():
                 for batch in batches:
@@ -102,6 +110,7 @@ class SqlEngine:
                         yield conform_batch(piece, query.schema)
 
     def close(self) -> None:
+        self._workers.close()
         self._runner.close()
 
 
@@ -200,5 +209,5 @@ class Session:
         with translated_errors():
             resolved = self.engine.resolve_tables(sql, self.default_schema)
         for name, rows in self.temporary.items():
-            resolved[TableIdent(self.default_schema, name)] = Table(ds.dataset(rows))
+            resolved[TableIdent(self.default_schema, name)] = self.engine.tables.memory_table(rows)
         return self.engine.new_context(self.default_schema, resolved)

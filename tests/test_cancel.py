@@ -1,14 +1,12 @@
 """Cancelling running queries (gRPC cancel, ADBC adbc_cancel, CancelFlightInfo) and the
 bounded query queue.
 
-A cancel ends the call at once with CANCELLED and frees the query's slot. DataFusion's
-batch in progress is not interrupted (datafusion-python offers no way to): see the
-waiting query below, which gets the slot while that work finishes in the background.
+A cancel ends the call at once with CANCELLED, frees the query's slot and stops its
+work: the server's processes use no CPU for it a second later.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -23,12 +21,14 @@ from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.protocol import pack
 from tests.conftest import adbc_connect
+from tests.cpu import assert_cpu_freed, wait_busy
 from tests.flight_raw import bearer, grpc_status_of_query
 from tests.servers import RunningServer, running_server
 
 TOKEN = "cancel-token"
-SLOW = ("SELECT count(*) FROM tpch.lineitem a, tpch.lineitem b "
-        "WHERE a.l_orderkey + b.l_orderkey > 5")
+# Minutes of work (18e9 joined rows): it only ends soon if the cancel stops it.
+SLOW = ("SELECT count(*) FROM tpch.lineitem a, tpch.lineitem b, tpch.region c "
+        "WHERE a.l_orderkey + b.l_orderkey > c.r_regionkey")
 
 
 @pytest.fixture(scope="module")
@@ -38,21 +38,6 @@ def one_slot(demo_warehouse: Path, tmp_path_factory: pytest.TempPathFactory
     args = ["--max-concurrent-queries", "1", "--max-queued-queries", "1", "--query-timeout", "30"]
     with running_server(demo_warehouse, tmp_path_factory.mktemp("cancel"), args, TOKEN) as server:
         yield server
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _wait_busy(pid: int) -> None:
-    """Until the slow query is really running on the server."""
-    for _ in range(50):
-        before = _cpu_seconds(pid)
-        time.sleep(0.2)
-        if _cpu_seconds(pid) - before > 0.1:
-            return
-    raise AssertionError("query never started")
 
 
 def _drain(port: int, ticket: bytes) -> int:
@@ -88,14 +73,15 @@ class _Background:
 
 
 def _start_slow_query(client: flight.FlightClient, server: RunningServer
-                      ) -> tuple[flight.FlightInfo, _Background]:
-    """Plan SLOW and stream it in the background until it is busy on the server."""
+                      ) -> tuple[flight.FlightInfo, _Background, list[int]]:
+    """Plan SLOW and stream it in the background until it is busy on the server; the
+    server's processes at that time."""
     descriptor = flight.FlightDescriptor.for_command(pack(sql.CommandStatementQuery(query=SLOW)))
     info = client.get_flight_info(descriptor, bearer(TOKEN))
     ticket = info.endpoints[0].ticket.ticket
     work = _Background(lambda: _drain(server.port, ticket))
-    _wait_busy(server.process.pid)
-    return info, work
+    pids = wait_busy(server.process.pid)
+    return info, work, pids
 
 
 def test_adbc_cancel_stops_the_query(one_slot: RunningServer) -> None:
@@ -107,18 +93,38 @@ def test_adbc_cancel_stops_the_query(one_slot: RunningServer) -> None:
         cur.fetchall()
 
     work = _Background(run)
-    _wait_busy(one_slot.process.pid)
+    pids = wait_busy(one_slot.process.pid)
     cur.adbc_cancel()
     assert work.done.wait(10), "cancel did not end the query"
     assert isinstance(work.error, adbc_driver_manager.Error)
+    assert_cpu_freed(pids)
     cur.close()
     conn.close()
+
+
+def test_grpc_cancel_stops_the_query(one_slot: RunningServer) -> None:
+    client = flight.connect(one_slot.uri)
+    descriptor = flight.FlightDescriptor.for_command(pack(sql.CommandStatementQuery(query=SLOW)))
+    ticket = client.get_flight_info(descriptor, bearer(TOKEN)).endpoints[0].ticket.ticket
+    client.close()
+    channel = grpc.insecure_channel(f"127.0.0.1:{one_slot.port}")
+    do_get = channel.unary_stream("/arrow.flight.protocol.FlightService/DoGet",
+                                  request_serializer=fpb.Ticket.SerializeToString,
+                                  response_deserializer=fpb.FlightData.FromString)
+    call = do_get(fpb.Ticket(ticket=ticket), metadata=[("authorization", f"Bearer {TOKEN}")])
+    pids = wait_busy(one_slot.process.pid)
+    call.cancel()
+    with pytest.raises(grpc.RpcError) as err:
+        next(call)
+    assert err.value.code() == grpc.StatusCode.CANCELLED
+    channel.close()
+    assert_cpu_freed(pids)
 
 
 def test_cancel_flight_info_stops_the_query(one_slot: RunningServer) -> None:
     client = flight.connect(one_slot.uri)
     options = bearer(TOKEN)
-    info, work = _start_slow_query(client, one_slot)
+    info, work, pids = _start_slow_query(client, one_slot)
     request = fpb.CancelFlightInfoRequest(info=fpb.FlightInfo.FromString(info.serialize()))
     (result,) = client.do_action(flight.Action("CancelFlightInfo", request.SerializeToString()),
                                  options)
@@ -127,6 +133,7 @@ def test_cancel_flight_info_stops_the_query(one_slot: RunningServer) -> None:
     assert work.done.wait(10)
     assert isinstance(work.error, grpc.RpcError)
     assert work.error.code() == grpc.StatusCode.CANCELLED
+    assert_cpu_freed(pids)
     (again,) = client.do_action(flight.Action("CancelFlightInfo", request.SerializeToString()),
                                 options)
     assert fpb.CancelFlightInfoResult.FromString(again.body.to_pybytes()).status == (
@@ -137,7 +144,7 @@ def test_cancel_flight_info_stops_the_query(one_slot: RunningServer) -> None:
 def test_full_queue_is_unavailable_at_once(one_slot: RunningServer) -> None:
     client = flight.connect(one_slot.uri)
     options = bearer(TOKEN)
-    info, running = _start_slow_query(client, one_slot)
+    info, running, _ = _start_slow_query(client, one_slot)
     waiting_client = flight.connect(one_slot.uri)
     quick = flight.FlightDescriptor.for_command(
         pack(sql.CommandStatementQuery(query="SELECT count(*) AS n FROM tpch.region")))

@@ -17,6 +17,7 @@ import pytest
 
 from catalog import IcebergCatalog
 from tests.conftest import adbc_connect
+from tests.cpu import assert_cpu_freed, process_tree, wait_busy
 from tests.flight_raw import bearer, grpc_status_of_query
 from tests.reference import as_multiset, duckdb_over_catalog, tpch_queries
 from tests.servers import RunningServer, running_server, start_krishiv
@@ -143,15 +144,16 @@ def test_coordinator_refuses_to_start_without_executor_token(tmp_path: Path) -> 
                       "serving Flight SQL", 60.0)
 
 
-def _children(pid: int) -> list[int]:
+def _executors(pid: int) -> list[int]:
+    """The executor processes `krishiv serve --executors N` (pid) started."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for child in process_tree(pid)[1:]:
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
+        if b"executor" in command:
+            found.append(child)
     return found
 
 
@@ -167,7 +169,7 @@ def test_losing_executors(demo_warehouse: Path, tmp_path: Path) -> None:
         for _ in range(2):
             cur.execute("SELECT count(*) FROM region")
             assert cur.fetchall() == [(5,)]
-        executors = _children(server.process.pid)
+        executors = _executors(server.process.pid)
         assert len(executors) == 2
         os.kill(executors[0], signal.SIGKILL)
         for _ in range(4):  # launches to the dead one fail and move to the other
@@ -182,7 +184,7 @@ def test_losing_executors(demo_warehouse: Path, tmp_path: Path) -> None:
 
 
 def test_cancel_reaches_the_executor(cluster: RunningServer) -> None:
-    """The client's cancel is forwarded: the executor ends its task (it reports it)."""
+    """The client's cancel is forwarded: the executor stops its task's work and reports it."""
     conn = adbc_connect(cluster)
     cur = conn.cursor()
     failure: list[BaseException] = []
@@ -198,10 +200,11 @@ def test_cancel_reaches_the_executor(cluster: RunningServer) -> None:
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
-    time.sleep(2.0)  # planned, launched and running on an executor by now
+    pids = wait_busy(cluster.process.pid)  # running on an executor by now
     cur.adbc_cancel()
     worker.join(10)
     assert failure and "DoGet" in str(failure[0])
+    assert_cpu_freed(pids)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and "failed: QueryCancelled" not in cluster.log():
         time.sleep(0.1)

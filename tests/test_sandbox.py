@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +17,13 @@ from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.protocol import pack
 from tests.conftest import adbc_connect
+from tests.cpu import assert_cpu_freed, wait_busy
 from tests.flight_raw import bearer, fetch, grpc_status_of_query
 from tests.servers import RunningServer, running_server
 
-CROSS_JOIN = ("SELECT count(*) FROM tpch.lineitem a, tpch.lineitem b "
-              "WHERE a.l_orderkey + b.l_orderkey > 5")
+# Minutes of work (18e9 joined rows).
+CROSS_JOIN = ("SELECT count(*) FROM tpch.lineitem a, tpch.lineitem b, tpch.region c "
+              "WHERE a.l_orderkey + b.l_orderkey > c.r_regionkey")
 BIG_AGGREGATE = "SELECT l_orderkey, array_agg(l_comment) FROM tpch.lineitem GROUP BY l_orderkey"
 
 
@@ -126,11 +129,19 @@ def test_memory_limit_ends_query_and_server_keeps_serving(limited: RunningServer
 
 
 def test_query_timeout_is_deadline_exceeded(limited: RunningServer) -> None:
+    """The query's status comes at its timeout, and its work stops then too."""
     started = time.monotonic()
-    code, message = grpc_status_of_query(limited.port, CROSS_JOIN, limited.token or "")
+    outcome: list[tuple[grpc.StatusCode, str]] = []
+    query = threading.Thread(target=lambda: outcome.append(
+        grpc_status_of_query(limited.port, CROSS_JOIN, limited.token or "")))
+    query.start()
+    pids = wait_busy(limited.process.pid)
+    query.join(10)
+    (code, message), = outcome
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert message == "query exceeded the server's timeout of 2 s"
     assert time.monotonic() - started < 10
+    assert_cpu_freed(pids)
     assert _query(limited, "SELECT 1 AS one").column(0).to_pylist() == [1]
 
 

@@ -1,0 +1,94 @@
+"""A query worker process: runs shipped physical plans, one at a time (see engine.workers).
+
+Reads requests on stdin, writes result frames on stdout; ends at end of input, and with
+its server (the parent death signal), so a killed server leaves no work running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import IO
+
+import pyarrow as pa
+from datafusion import SessionContext
+from datafusion.plan import ExecutionPlan
+
+from engine.arrow_types import conform_batch, split_batch
+from engine.bridge import base_context
+from engine.workers import BATCH, END, ERROR, REQUEST, decode_request, read_frame, write_frame
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Not on Linux, the closed pipe still ends an idle worker.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _partition_batches(ctx: SessionContext, plan: ExecutionPlan) -> Iterator[pa.RecordBatch]:
+    """Every output partition's batches; partitions run at once, as DataFusion would."""
+    count = plan.partition_count
+    if count == 1:
+        for batch in ctx.execute(plan, 0):
+            yield batch.to_pyarrow()
+        return
+    results: queue.Queue[pa.RecordBatch | BaseException | None] = queue.Queue(maxsize=2 * count)
+
+    def run(partition: int) -> None:
+        try:
+            for batch in ctx.execute(plan, partition):
+                results.put(batch.to_pyarrow())
+            results.put(None)
+        except BaseException as exc:
+            results.put(exc)
+
+    for partition in range(count):
+        threading.Thread(target=run, args=(partition,), daemon=True).start()
+    running = count
+    while running:
+        item = results.get()
+        if item is None:
+            running -= 1
+        elif isinstance(item, BaseException):
+            raise item
+        else:
+            yield item
+
+
+def _run(payload: bytes, out: IO[bytes]) -> None:
+    config, schema, plan_bytes = decode_request(payload)
+    ctx = base_context(config)
+    plan = ExecutionPlan.from_bytes(ctx, plan_bytes)
+    for batch in _partition_batches(ctx, plan):
+        for piece in split_batch(batch, config.max_batch_bytes):
+            write_frame(out, BATCH, conform_batch(piece, schema).serialize())
+    write_frame(out, END)
+
+
+def main() -> None:
+    _die_with_parent()
+    source, out = sys.stdin.buffer, sys.stdout.buffer
+    while (frame := read_frame(source)) is not None:
+        kind, payload = frame
+        if kind != REQUEST:
+            sys.exit(f"query worker: unexpected frame {kind!r}")
+        try:
+            _run(payload, out)
+        except Exception as exc:
+            # The error may leave this process's partitions running; a clean process is
+            # cheaper to reason about than a busy one, so the worker ends after reporting.
+            write_frame(out, ERROR, str(exc).encode())
+            out.flush()
+            return
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()

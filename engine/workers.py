@@ -1,0 +1,203 @@
+"""Queries run in worker processes, so that a cancel or a timeout really stops them.
+
+Once DataFusion computes a batch it cannot be interrupted from Python: an abandoned
+stream's CPU-bound operators run on to the end (measured: a cross join kept a core busy
+for as long as the whole query would have run). The server therefore plans a query,
+ships the physical plan (DataFusion's protobuf bytes) to a worker process and reads the
+result back as Arrow IPC messages over a pipe; a cancel or timeout kills the worker.
+
+Frames on both pipes: one kind byte, an 8-byte big-endian length, the payload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import IO
+
+import pyarrow as pa
+
+from engine.config import EngineConfig
+from engine.errors import QueryCancelled, QueryTimeout, WorkerLost
+from engine.translate import classify_datafusion_error
+
+REQUEST = b"Q"
+BATCH = b"B"
+END = b"E"
+ERROR = b"X"
+_HEADER = struct.Struct(">cQ")
+_POLL_SECONDS = 0.05
+_READ_CHUNK = 1 << 20
+
+
+def write_frame(out: IO[bytes], kind: bytes, payload: bytes | pa.Buffer = b"") -> None:
+    out.write(_HEADER.pack(kind, len(payload)))
+    if len(payload):
+        out.write(payload)
+
+
+def read_frame(source: IO[bytes]) -> tuple[bytes, bytes] | None:
+    """A whole frame from a blocking stream, or None at end of stream."""
+    header = source.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    kind, length = _HEADER.unpack(header)
+    return kind, source.read(length)
+
+
+def encode_request(config: EngineConfig, schema: pa.Schema, plan: bytes) -> bytes:
+    """What a worker needs: the engine settings, the result schema, the plan."""
+    settings = json.dumps(dataclasses.asdict(config)).encode()
+    schema_bytes = schema.serialize().to_pybytes()
+    parts = [settings, schema_bytes, plan]
+    return b"".join(struct.pack(">Q", len(part)) + part for part in parts)
+
+
+def decode_request(payload: bytes) -> tuple[EngineConfig, pa.Schema, bytes]:
+    parts: list[bytes] = []
+    offset = 0
+    while offset < len(payload):
+        (length,) = struct.unpack_from(">Q", payload, offset)
+        parts.append(payload[offset + 8: offset + 8 + length])
+        offset += 8 + length
+    settings, schema_bytes, plan = parts
+    config = EngineConfig(**json.loads(settings))
+    return config, pa.ipc.read_schema(pa.py_buffer(schema_bytes)), plan
+
+
+class _Worker:
+    """One worker process; its stdout is read without blocking so cancels are seen."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "engine.worker_main"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._stdin = self.process.stdin
+        self._fd = self.process.stdout.fileno()
+        os.set_blocking(self._fd, False)
+
+    def send(self, payload: bytes) -> None:
+        try:
+            write_frame(self._stdin, REQUEST, payload)
+            self._stdin.flush()
+        except OSError:
+            raise self._lost() from None
+
+    def read_frame(self, until: Callable[[], None]) -> tuple[bytes, memoryview]:
+        """The next frame; `until` is called while waiting and raises to give up."""
+        kind, length = _HEADER.unpack(self._read(_HEADER.size, until))
+        return kind, self._read(length, until)
+
+    def _read(self, size: int, until: Callable[[], None]) -> memoryview:
+        buffer = memoryview(bytearray(size))
+        filled = 0
+        while filled < size:
+            try:
+                count = os.readv(self._fd, [buffer[filled: filled + _READ_CHUNK]])
+            except BlockingIOError:
+                select.select([self._fd], [], [], _POLL_SECONDS)
+                until()
+                continue
+            if count == 0:
+                raise self._lost()
+            filled += count
+        return buffer
+
+    def _lost(self) -> WorkerLost:
+        code = self.process.wait()
+        how = f"signal {-code}" if code < 0 else f"exit status {code}"
+        return WorkerLost(f"the query's worker process ended unexpectedly ({how})")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self._stdin.close()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+class QueryWorkers:
+    """Worker processes, a few kept started and idle so a query need not wait for one."""
+
+    def __init__(self, config: EngineConfig, idle: int = 2) -> None:
+        self._config = config
+        self._keep_idle = idle
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+        self._closed = False
+        self._refill()
+
+    def batches(
+        self,
+        plan: bytes,
+        schema: pa.Schema,
+        timeout_s: float | None,
+        is_cancelled: Callable[[], bool],
+    ) -> Iterator[pa.RecordBatch]:
+        """Run `plan` in a worker; batches with `schema`, at most `max_batch_bytes` each."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        def until() -> None:
+            if is_cancelled():
+                raise QueryCancelled("query cancelled by the client")
+            if deadline is not None and time.monotonic() > deadline:
+                raise QueryTimeout(f"query exceeded the server's timeout of {timeout_s:g} s")
+
+        worker = self._take()
+        reusable = False
+        try:
+            worker.send(encode_request(self._config, schema, plan))
+            while True:
+                kind, payload = worker.read_frame(until)
+                if kind == BATCH:
+                    yield pa.ipc.read_record_batch(pa.py_buffer(payload), schema)
+                elif kind == END:
+                    reusable = True
+                    return
+                else:  # ERROR: the worker ends after reporting it
+                    raise classify_datafusion_error(Exception(bytes(payload).decode()))
+        finally:
+            self._give_back(worker) if reusable else self._discard(worker)
+
+    def _take(self) -> _Worker:
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+        if worker is None or worker.process.poll() is not None:
+            worker = _Worker()
+        self._refill()
+        return worker
+
+    def _give_back(self, worker: _Worker) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < self._keep_idle:
+                self._idle.append(worker)
+                return
+        worker.kill()
+
+    def _discard(self, worker: _Worker) -> None:
+        worker.kill()
+        self._refill()
+
+    def _refill(self) -> None:
+        with self._lock:
+            while not self._closed and len(self._idle) < self._keep_idle:
+                self._idle.append(_Worker())
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.kill()
