@@ -129,11 +129,16 @@ class _Worker:
 
 
 class QueryWorkers:
-    """Worker processes, a few kept started and idle so a query need not wait for one."""
+    """Worker processes, reused from query to query.
 
-    def __init__(self, config: EngineConfig, idle: int = 2) -> None:
+    `keep_started` are started ahead so a query need not wait for one (a start costs
+    about half a second of CPU); up to `max_idle` finished ones wait for the next query.
+    """
+
+    def __init__(self, config: EngineConfig, keep_started: int = 2) -> None:
         self._config = config
-        self._keep_idle = idle
+        self._keep_started = keep_started
+        self._max_idle = max(keep_started, config.max_running_queries)
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
         self._closed = False
@@ -176,12 +181,11 @@ class QueryWorkers:
             worker = self._idle.pop() if self._idle else None
         if worker is None or worker.process.poll() is not None:
             worker = _Worker()
-        self._refill()
         return worker
 
     def _give_back(self, worker: _Worker) -> None:
         with self._lock:
-            if not self._closed and len(self._idle) < self._keep_idle:
+            if not self._closed and len(self._idle) < self._max_idle:
                 self._idle.append(worker)
                 return
         worker.kill()
@@ -192,7 +196,7 @@ class QueryWorkers:
 
     def _refill(self) -> None:
         with self._lock:
-            while not self._closed and len(self._idle) < self._keep_idle:
+            while not self._closed and len(self._idle) < self._keep_started:
                 self._idle.append(_Worker())
 
     def close(self) -> None:

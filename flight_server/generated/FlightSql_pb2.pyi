@@ -563,7 +563,7 @@ class CommandGetTables(_message.Message):
     table_name_filter_pattern: str
     table_types: _containers.RepeatedScalarFieldContainer[str]
     include_schema: bool
-    def __init__(self, catalog: _Optional[str] = ..., db_schema_filter_pattern: _Optional[str] = ..., table_name_filter_pattern: _Optional[str] = ..., table_types: _Optional[_Iterable[str]] = ..., include_schema: _Optional[bool] = ...) -> None: ...
+    def __init__(self, catalog: _Optional[str] = ..., db_schema_filter_pattern: _Optional[str] = ..., table_name_filter_pattern: _Optional[str] = ..., table_types: _Optional[_Iterable[str]] = ..., include_schema: bool = ...) -> None: ...
 
 class CommandGetTableTypes(_message.Message):
     __slots__ = ()
@@ -801,7 +801,7 @@ class CommandStatementIngest(_message.Message):
     temporary: bool
     transaction_id: bytes
     options: _containers.ScalarMap[str, str]
-    def __init__(self, table_definition_options: _Optional[_Union[CommandStatementIngest.TableDefinitionOptions, _Mapping]] = ..., table: _Optional[str] = ..., schema: _Optional[str] = ..., catalog: _Optional[str] = ..., temporary: _Optional[bool] = ..., transaction_id: _Optional[bytes] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, table_definition_options: _Optional[_Union[CommandStatementIngest.TableDefinitionOptions, _Mapping]] = ..., table: _Optional[str] = ..., schema: _Optional[str] = ..., catalog: _Optional[str] = ..., temporary: bool = ..., transaction_id: _Optional[bytes] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DoPutUpdateResult(_message.Message):
     __slots__ = ("record_count",)
