@@ -25,7 +25,7 @@ from engine.workers import QueryWorkers
 from engine.writes import COUNT_SCHEMA, Writer, count_rows
 
 # Client SQL may only query: DDL, DML and SET would reach files and runtime settings.
-_READ_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
+READ_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 
 
 @dataclass
@@ -144,7 +144,7 @@ class Session:
         values = bound_values(parameters)
         ctx = self._context_for(text)
         with translated_errors():
-            frame = ctx.sql(text, options=_READ_ONLY, param_values=values or None)
+            frame = ctx.sql(text, options=READ_ONLY, param_values=values or None)
             schema = plain_schema(frame.schema())
         return PlannedQuery(sql=sql, schema=schema, frame=frame, text=text,
                             default_schema=self.default_schema, parameters=parameters)
@@ -187,7 +187,7 @@ class Session:
                     query_values: dict[str, object] | None) -> pa.Table:
             with translated_errors():
                 if isinstance(query, str):
-                    frame = ctx.sql(query, options=_READ_ONLY, param_values=query_values or None)
+                    frame = ctx.sql(query, options=READ_ONLY, param_values=query_values or None)
                 else:
                     frame = ctx.create_dataframe_from_logical_plan(query)
                 planned = PlannedQuery(sql=sql, schema=plain_schema(frame.schema()), frame=frame)
@@ -203,7 +203,7 @@ class Session:
         text = self._translate(sql)
         ctx = self._context_for(text)
         with translated_errors():
-            return parameter_schema(ctx.sql(text, options=_READ_ONLY).logical_plan())
+            return parameter_schema(ctx.sql(text, options=READ_ONLY).logical_plan())
 
     def _context_for(self, sql: str) -> SessionContext:
         with translated_errors():

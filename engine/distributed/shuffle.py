@@ -1,4 +1,7 @@
-"""Shuffle files: map tasks write hash partitions as Arrow IPC streams, readers fetch them.
+"""Shuffle files: map tasks write hash partitions as Arrow IPC files, readers fetch them.
+
+The IPC file format (not the stream format) because DataFusion reads it directly: a
+reducer on the same host registers the files as a table, and fetched ones likewise.
 
 Layout: `{work}/{job}/{stage}.{stage_attempt}/{partition}/{map_task}.{attempt}.arrows`,
 written under a temporary name and renamed, so a reader never sees a partial file.
@@ -77,7 +80,8 @@ def partition_ids(batch: pa.RecordBatch, keys: list[str], partitions: int) -> pa
     """pmod(xxhash64(keys...), partitions) for each row: the same in every process."""
     if partitions == 1:
         return pa.array([0] * batch.num_rows, pa.int64())
-    ctx = datafusion.SessionContext()
+    # One partition: with more, DataFusion may reorder rows and misalign the ids.
+    ctx = datafusion.SessionContext(datafusion.SessionConfig().with_target_partitions(1))
     ctx.enable_spark_functions()  # pmod and xxhash64
     ctx.register_record_batches("shuffled", [[batch]])
     columns = ", ".join('"' + key.replace('"', '""') + '"' for key in keys)
@@ -105,7 +109,7 @@ def write_map_output(
         writers = []
         for path in temporary:
             path.parent.mkdir(parents=True, exist_ok=True)
-            writers.append(pa.ipc.new_stream(str(path), schema, options=_WRITE_OPTIONS))
+            writers.append(pa.ipc.new_file(str(path), schema, options=_WRITE_OPTIONS))
         for batch in batches:
             ids = partition_ids(batch, keys, partitions)
             for partition, writer in enumerate(writers):
@@ -125,5 +129,21 @@ def write_map_output(
 
 def read_partition(work_dir: Path, key: ShuffleKey) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """The schema and batches of one shuffle file; FileNotFoundError if it is not there."""
-    reader = pa.ipc.open_stream(pa.memory_map(str(key.path(work_dir))))
-    return reader.schema, iter(reader)
+    reader = pa.ipc.open_file(pa.memory_map(str(key.path(work_dir))))
+    return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
+
+
+def write_arrow_file(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
+    """Fetched shuffle data as a local IPC file (atomically); the rows written."""
+    temporary = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+    rows = 0
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with pa.ipc.new_file(str(temporary), schema, options=_WRITE_OPTIONS) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return rows

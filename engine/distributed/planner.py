@@ -1,0 +1,478 @@
+"""The stage planner: cuts a query's optimized plan into stages joined by exchanges.
+
+The plan travels as Substrait (DESIGN §6: the round trip keeps all 22 TPC-H queries right,
+where SQL unparsing does not). DataFusion writes the optimized logical plan as Substrait,
+the cut edits its protobuf, and executors read each stage back with DataFusion.
+
+Cuts: equi-join inputs are hash-partitioned on the join keys, grouped aggregate inputs on
+the group keys; sorts, limits, windows, set operations, cross joins and ungrouped
+aggregates gather their input into one task (a sort under a limit is first applied in
+every upstream task: top-k). Table reads are renamed to private names bound to the
+query's snapshot files, and a stage's main read is split over its tasks by file; reads
+inside subquery expressions always see the whole table (DESIGN §6: q22).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from datafusion import SessionContext
+from datafusion import substrait as ds_substrait
+from datafusion.catalog import Table
+from google.protobuf.message import Message
+from substrait import algebra_pb2, plan_pb2
+
+from engine.arrow_types import plain_schema, plain_type
+from engine.distributed.ids import StageId
+
+_JOIN_KEY_FUNCTIONS = {"equal", "is_not_distinct_from"}
+_SINGLE_INPUT = ("filter", "fetch", "sort", "project")
+
+
+class ExchangeKind(enum.Enum):
+    HASH = "hash"  # rows go to partition pmod(xxhash64(keys), partitions)
+    GATHER = "gather"  # every row to partition 0, read by a single task
+
+
+@dataclass(frozen=True)
+class Exchange:
+    kind: ExchangeKind
+    partitions: int
+    keys: tuple[int, ...] = ()  # output column positions
+
+
+@dataclass(frozen=True)
+class ScanSpec:
+    """A catalog table read in a stage, bound to the files of the query's snapshot."""
+
+    name: str  # the private name the stage plan reads
+    table: str  # for EXPLAIN
+    files: tuple[str, ...]
+    schema: pa.Schema
+    split: bool  # task i of n reads files[i::n]; otherwise every task reads all
+
+    def files_for(self, task: int, tasks: int) -> tuple[str, ...]:
+        return self.files[task::tasks] if self.split else self.files
+
+
+@dataclass(frozen=True)
+class StageDef:
+    stage: StageId
+    tasks: int
+    plan: bytes  # a Substrait Plan whose one relation is the stage
+    inputs: tuple[StageId, ...]  # read as the tables input_name(stage)
+    output: Exchange
+    schema: pa.Schema  # of the stage's output; columns c0..cN except for the result
+    scans: tuple[ScanSpec, ...]
+    summary: str
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    stages: tuple[StageDef, ...]  # dependencies first; the last stage yields the result
+
+    def explain(self) -> str:
+        lines = []
+        for stage in self.stages:
+            if stage is self.stages[-1]:
+                target = "result (gather to the coordinator)"
+            elif stage.output.kind is ExchangeKind.HASH:
+                keys = ", ".join(f"c{k}" for k in stage.output.keys)
+                target = f"hash({keys}) into {stage.output.partitions} partitions"
+            else:
+                target = "gather into 1 partition"
+            reads = ", ".join([f"stage {i}" for i in stage.inputs]
+                              + [_scan_text(s) for s in stage.scans])
+            lines.append(f"Stage {stage.stage}: {stage.tasks} task(s) [{stage.summary}] "
+                         f"reads {reads or 'nothing'} -> {target}")
+        return "\n".join(lines)
+
+
+def _scan_text(scan: ScanSpec) -> str:
+    how = "split by file" if scan.split else "whole"
+    return f"{scan.table} ({len(scan.files)} file(s), {how})"
+
+
+_INPUT_PREFIX = "__stage_"
+
+
+def input_name(stage: StageId) -> str:
+    return f"{_INPUT_PREFIX}{stage}"
+
+
+def exchange_schema(schema: pa.Schema) -> pa.Schema:
+    """Exchanged data: columns by position (c0, c1...), all nullable, plain types."""
+    return pa.schema([pa.field(f"c{i}", plain_type(f.type)) for i, f in enumerate(schema)])
+
+
+@dataclass
+class _Dist:
+    """How the rows a relation produces are spread over its stage's tasks."""
+
+    tasks: int
+    keys: tuple[int, ...] | None = None  # hash-partitioned on these columns into `tasks`
+
+
+_SINGLE = _Dist(1)
+
+
+@dataclass(frozen=True)
+class TableFiles:
+    table: str
+    files: tuple[str, ...]
+    schema: pa.Schema
+
+
+@dataclass
+class _Cut:
+    plan: plan_pb2.Plan
+    ctx: SessionContext  # resolves private scan names and stage inputs, for schemas
+    tables: Callable[[list[str]], TableFiles]
+    partitions: int
+    functions: dict[int, str]
+    table_from: Callable[[pa.Schema], Table]
+    stages: list[StageDef] = field(default_factory=list)
+    scans: dict[str, ScanSpec] = field(default_factory=dict)
+
+
+def plan_stages(
+    plan_bytes: bytes,
+    ctx: SessionContext,
+    tables: Callable[[list[str]], TableFiles],
+    partitions: int,
+    table_from: Callable[[pa.Schema], Table],
+) -> StagePlan:
+    """Cut the Substrait `plan_bytes` into stages of at most `partitions` tasks.
+
+    `tables` maps a Substrait table name to its snapshot files; `ctx` is a scratch
+    context where the cut registers tables made by `table_from` to learn schemas.
+    """
+    plan = plan_pb2.Plan.FromString(plan_bytes)
+    functions = {
+        ext.extension_function.function_anchor: ext.extension_function.name.split(":")[0]
+        for ext in plan.extensions if ext.HasField("extension_function")
+    }
+    cut = _Cut(plan, ctx, tables, partitions, functions, table_from)
+    root = plan.relations[0].root
+    for rel in [m for m in _messages(root.input) if isinstance(m, algebra_pb2.Rel)]:
+        if rel.WhichOneof("rel_type") == "read" and rel.read.HasField("filter"):
+            _lift_read_filter(rel)
+    for read in _main_reads(root.input):
+        _bind_read(cut, read, split=True)
+    for message in _messages(root.input):  # the rest sit in subquery expressions
+        if (isinstance(message, algebra_pb2.ReadRel) and message.HasField("named_table")
+                and not message.named_table.names[-1].startswith("__")):
+            _bind_read(cut, message, split=False)
+    rel, dist = _visit(cut, root.input)
+    rel = _gather(cut, rel, dist)
+    result = _stage_plan(cut.plan, rel, list(root.names))
+    _add_stage(cut, result, rel, 1, Exchange(ExchangeKind.GATHER, 1),
+               plain_schema(_schema_of(cut, result)))
+    return StagePlan(tuple(cut.stages))
+
+
+def _visit(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, _Dist]:
+    kind = rel.WhichOneof("rel_type")
+    if kind == "read":
+        return rel, _read_dist(cut, rel)
+    if kind == "fetch" and rel.fetch.input.WhichOneof("rel_type") == "sort":
+        return _visit_top_k(cut, rel)
+    if kind in _SINGLE_INPUT:
+        return _visit_single_input(cut, rel, kind)
+    if kind == "aggregate":
+        return _visit_aggregate(cut, rel)
+    if kind == "join":
+        return _visit_join(cut, rel)
+    # Cross joins, set operations and anything else: all inputs into one task.
+    for child in _children(rel):
+        new_child, dist = _visit(cut, child)
+        child.CopyFrom(_gather(cut, new_child, dist))
+    return rel, _SINGLE
+
+
+def _read_dist(cut: _Cut, rel: algebra_pb2.Rel) -> _Dist:
+    if not rel.read.HasField("named_table"):
+        return _SINGLE  # VALUES and the like
+    scan = cut.scans[rel.read.named_table.names[-1]]
+    tasks = min(len(scan.files), cut.partitions) if scan.split else 1
+    return _Dist(tasks) if tasks > 1 else _SINGLE
+
+
+def _visit_top_k(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, _Dist]:
+    """A limit over a sort: with several tasks, each first keeps its own top rows."""
+    sort = rel.fetch.input.sort
+    child, dist = _visit(cut, sort.input)
+    sort.input.CopyFrom(child)
+    if dist.tasks > 1 and _no_offset(rel.fetch):
+        pushed = algebra_pb2.Rel()
+        pushed.CopyFrom(rel)
+        sort.input.CopyFrom(_gather(cut, pushed, dist))
+    else:
+        sort.input.CopyFrom(_gather(cut, child, dist))
+    return rel, _SINGLE
+
+
+def _visit_single_input(cut: _Cut, rel: algebra_pb2.Rel, kind: str
+                        ) -> tuple[algebra_pb2.Rel, _Dist]:
+    body = getattr(rel, kind)
+    child, dist = _visit(cut, body.input)
+    needs_all_rows = kind in ("fetch", "sort") or (kind == "project" and _has_window(body))
+    if needs_all_rows:
+        body.input.CopyFrom(_gather(cut, child, dist))
+        return rel, _SINGLE
+    body.input.CopyFrom(child)
+    return rel, _Dist(dist.tasks, _remap_keys(dist.keys, body.common))
+
+
+def _visit_aggregate(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, _Dist]:
+    aggregate = rel.aggregate
+    child, dist = _visit(cut, aggregate.input)
+    keys = _group_keys(aggregate)
+    if keys is None:  # ungrouped, or grouping sets, or keys that are expressions
+        aggregate.input.CopyFrom(_gather(cut, child, dist))
+        return rel, _SINGLE
+    aggregate.input.CopyFrom(_hash(cut, child, dist, keys))
+    group_columns = tuple(range(len(aggregate.grouping_expressions)))
+    return rel, _Dist(cut.partitions, _remap_keys(group_columns, aggregate.common))
+
+
+def _visit_join(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, _Dist]:
+    join = rel.join
+    left, left_dist = _visit(cut, join.left)
+    right, right_dist = _visit(cut, join.right)
+    left_width = len(_schema_of(cut, _stage_plan(cut.plan, left, None)))
+    pairs = _equi_keys(cut, join.expression, left_width) if join.HasField("expression") else []
+    if not pairs:
+        join.left.CopyFrom(_gather(cut, left, left_dist))
+        join.right.CopyFrom(_gather(cut, right, right_dist))
+        return rel, _SINGLE
+    join.left.CopyFrom(_hash(cut, left, left_dist, tuple(p[0] for p in pairs)))
+    join.right.CopyFrom(_hash(cut, right, right_dist, tuple(p[1] for p in pairs)))
+    return rel, _Dist(cut.partitions)
+
+
+# -- exchanges --------------------------------------------------------------------------
+def _gather(cut: _Cut, rel: algebra_pb2.Rel, dist: _Dist) -> algebra_pb2.Rel:
+    if dist.tasks == 1:
+        return rel  # already in one task: it stays in the stage
+    return _exchange(cut, rel, dist, Exchange(ExchangeKind.GATHER, 1))
+
+
+def _hash(cut: _Cut, rel: algebra_pb2.Rel, dist: _Dist, keys: tuple[int, ...]
+          ) -> algebra_pb2.Rel:
+    if dist.keys == keys and dist.tasks == cut.partitions:
+        return rel  # already partitioned this way
+    return _exchange(cut, rel, dist, Exchange(ExchangeKind.HASH, cut.partitions, keys))
+
+
+def _exchange(cut: _Cut, rel: algebra_pb2.Rel, dist: _Dist, output: Exchange
+              ) -> algebra_pb2.Rel:
+    """End a stage at `rel`; the rest of the plan reads its output under a new name."""
+    plan = _stage_plan(cut.plan, rel, None)
+    schema = exchange_schema(_schema_of(cut, plan))
+    stage = _add_stage(cut, plan, rel, dist.tasks, output, schema)
+    name = input_name(stage)
+    cut.ctx.register_table(name, cut.table_from(schema))
+    return _read_of(cut, name)
+
+
+def _add_stage(cut: _Cut, plan: plan_pb2.Plan, rel: algebra_pb2.Rel, tasks: int,
+               output: Exchange, schema: pa.Schema) -> StageId:
+    stage = StageId(len(cut.stages) + 1)
+    inputs: list[StageId] = []
+    scans: list[ScanSpec] = []
+    kinds: list[str] = []
+    for message in _messages(rel):
+        if isinstance(message, algebra_pb2.Rel):
+            kinds.append(message.WhichOneof("rel_type") or "")
+        if isinstance(message, algebra_pb2.ReadRel) and message.HasField("named_table"):
+            name = message.named_table.names[-1]
+            if name in cut.scans:
+                scans.append(cut.scans[name])
+            else:
+                inputs.append(StageId(int(name.removeprefix(_INPUT_PREFIX))))
+    summary = ", ".join(k for k in dict.fromkeys(reversed(kinds)) if k not in ("read", "project"))
+    cut.stages.append(StageDef(stage, tasks, plan.SerializeToString(), tuple(inputs), output,
+                               schema, tuple(scans), summary or "scan"))
+    return stage
+
+
+def _read_of(cut: _Cut, name: str) -> algebra_pb2.Rel:
+    """A Substrait read of the registered table `name`, as DataFusion writes one."""
+    frame = cut.ctx.table(name)
+    produced = plan_pb2.Plan.FromString(
+        ds_substrait.Producer.to_substrait_plan(frame.logical_plan(), cut.ctx).encode())
+    read = next(m for m in _messages(produced) if isinstance(m, algebra_pb2.ReadRel))
+    read.named_table.names[:] = [name]
+    rel = algebra_pb2.Rel()
+    rel.read.CopyFrom(read)
+    return rel
+
+
+# -- table reads ------------------------------------------------------------------------
+def _main_reads(rel: algebra_pb2.Rel) -> Iterator[algebra_pb2.ReadRel]:
+    """The named reads of the relation tree itself (not inside expressions)."""
+    if rel.WhichOneof("rel_type") == "read":
+        if rel.read.HasField("named_table"):
+            yield rel.read
+        return
+    for child in _children(rel):
+        yield from _main_reads(child)
+
+
+def _lift_read_filter(rel: algebra_pb2.Rel) -> None:
+    """Make a read's exact filter a filter relation above it.
+
+    The coordinator plans over pyarrow datasets, which take filters as exact; the
+    executors' Parquet tables do not, and DataFusion's consumer then drops the filter.
+    The read's filter and projection index the full table schema, so the filter goes
+    over an unprojected read and a projection follows it.
+    """
+    read = algebra_pb2.ReadRel()
+    read.CopyFrom(rel.read)
+    read.ClearField("filter")
+    read.ClearField("projection")
+    filtered = algebra_pb2.Rel()
+    filtered.filter.input.read.CopyFrom(read)
+    filtered.filter.condition.CopyFrom(rel.read.filter)
+    columns = [item.field for item in rel.read.projection.select.struct_items]
+    if not rel.read.HasField("projection"):
+        rel.CopyFrom(filtered)
+        return
+    projected = algebra_pb2.Rel()
+    projected.project.input.CopyFrom(filtered)
+    projected.project.common.emit.output_mapping.extend(columns)
+    rel.CopyFrom(projected)
+
+
+def _bind_read(cut: _Cut, read: algebra_pb2.ReadRel, split: bool) -> None:
+    """Rename a catalog read to a private name bound to its snapshot files."""
+    found = cut.tables(list(read.named_table.names))
+    name = f"__scan_{len(cut.scans) + 1}"
+    cut.scans[name] = ScanSpec(name, found.table, found.files, found.schema,
+                               split and len(found.files) > 1)
+    read.named_table.names[:] = [name]
+    cut.ctx.register_table(name, cut.table_from(found.schema))
+
+
+# -- plan helpers -----------------------------------------------------------------------
+def _stage_plan(original: plan_pb2.Plan, rel: algebra_pb2.Rel, names: list[str] | None
+                ) -> plan_pb2.Plan:
+    """A plan with the original's function declarations and `rel` as its one relation."""
+    plan = plan_pb2.Plan()
+    plan.CopyFrom(original)
+    del plan.relations[:]
+    relation = plan.relations.add()
+    if names is None:
+        relation.rel.CopyFrom(rel)
+    else:
+        relation.root.input.CopyFrom(rel)
+        relation.root.names.extend(names)
+    return plan
+
+
+def _schema_of(cut: _Cut, plan: plan_pb2.Plan) -> pa.Schema:
+    serialized = ds_substrait.Serde.deserialize_bytes(plan.SerializeToString())
+    logical = ds_substrait.Consumer.from_substrait_plan(cut.ctx, serialized)
+    return cut.ctx.create_dataframe_from_logical_plan(logical).schema()
+
+
+def _messages(message: Message) -> Iterator[Message]:
+    """`message` and every message nested in it."""
+    yield message
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None:
+            continue
+        if descriptor.is_repeated:
+            if descriptor.message_type.GetOptions().map_entry:
+                continue
+            for item in value:
+                yield from _messages(item)
+        else:
+            yield from _messages(value)
+
+
+def _children(rel: algebra_pb2.Rel) -> list[algebra_pb2.Rel]:
+    body = getattr(rel, rel.WhichOneof("rel_type") or "read")
+    children = []
+    for descriptor, value in body.ListFields():
+        if descriptor.message_type is not algebra_pb2.Rel.DESCRIPTOR:
+            continue
+        if descriptor.is_repeated:
+            children.extend(value)
+        else:
+            children.append(value)
+    return children
+
+
+def _has_window(project: algebra_pb2.ProjectRel) -> bool:
+    return any(isinstance(m, algebra_pb2.Expression.WindowFunction)
+               for e in project.expressions for m in _messages(e))
+
+
+def _no_offset(fetch: algebra_pb2.FetchRel) -> bool:
+    if not fetch.HasField("offset_expr"):
+        return True
+    literal = fetch.offset_expr.literal
+    return fetch.offset_expr.HasField("literal") and literal.WhichOneof("literal_type") in (
+        "i64", "i32") and getattr(literal, literal.WhichOneof("literal_type")) == 0
+
+
+def _field_index(expression: algebra_pb2.Expression) -> int | None:
+    """The column a plain field reference points at, or None."""
+    if not expression.HasField("selection"):
+        return None
+    reference = expression.selection
+    if not reference.HasField("direct_reference") or not reference.HasField("root_reference"):
+        return None
+    segment = reference.direct_reference
+    if not segment.HasField("struct_field") or segment.struct_field.HasField("child"):
+        return None
+    return int(segment.struct_field.field)
+
+
+def _group_keys(aggregate: algebra_pb2.AggregateRel) -> tuple[int, ...] | None:
+    if len(aggregate.groupings) != 1 or not aggregate.grouping_expressions:
+        return None
+    keys = [_field_index(e) for e in aggregate.grouping_expressions]
+    if any(k is None for k in keys):
+        return None
+    if list(aggregate.groupings[0].expression_references) != list(range(len(keys))):
+        return None
+    return tuple(k for k in keys if k is not None)
+
+
+def _equi_keys(cut: _Cut, expression: algebra_pb2.Expression, left_width: int
+               ) -> list[tuple[int, int]]:
+    """(left column, right column) pairs of the equalities AND-ed in a join condition."""
+    if not expression.HasField("scalar_function"):
+        return []
+    function = expression.scalar_function
+    name = cut.functions.get(function.function_reference, "")
+    arguments = [a.value for a in function.arguments]
+    if name == "and":
+        return [pair for a in arguments for pair in _equi_keys(cut, a, left_width)]
+    if name not in _JOIN_KEY_FUNCTIONS or len(arguments) != 2:
+        return []
+    first, second = (_field_index(a) for a in arguments)
+    if first is None or second is None:
+        return []
+    if first < left_width <= second:
+        return [(first, second - left_width)]
+    if second < left_width <= first:
+        return [(second, first - left_width)]
+    return []
+
+
+def _remap_keys(keys: tuple[int, ...] | None, common: algebra_pb2.RelCommon
+                ) -> tuple[int, ...] | None:
+    """Hash keys after a relation's output mapping (None when a key is dropped)."""
+    if keys is None or not common.HasField("emit"):
+        return keys
+    mapping = list(common.emit.output_mapping)
+    if not all(k in mapping for k in keys):
+        return None
+    return tuple(mapping.index(k) for k in keys)

@@ -1,0 +1,139 @@
+"""The engine's side of stages: planning them for a query (coordinator), and turning one
+stage task into a runnable query over its inputs (executor)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+from datafusion import SessionContext
+from datafusion import substrait as ds_substrait
+from datafusion.catalog import Table
+from datafusion.plan import LogicalPlan
+
+from catalog import NamespaceNotFound, TableIdent, TableNotFound
+from engine.arrow_types import plain_schema
+from engine.bridge import CatalogBridge, base_context
+from engine.distributed.ids import StageId
+from engine.distributed.planner import ScanSpec, StagePlan, TableFiles, input_name, plan_stages
+from engine.errors import EngineError
+from engine.parameters import bound_values
+from engine.references import referenced_tables
+from engine.session import READ_ONLY, PlannedQuery, SqlEngine
+from engine.translate import translated_errors
+
+
+class NotDistributable(EngineError):
+    """The query runs as one task; the message says why (EXPLAIN shows it)."""
+
+
+def plan_distributed(engine: SqlEngine, text: str, default_schema: str,
+                     parameters: pa.RecordBatch | None, partitions: int) -> StagePlan:
+    """The query `text` cut into stages over the current snapshots of its tables."""
+    found = _snapshot_files(engine, text, default_schema)
+    config = engine.config
+    ctx = base_context(config, (config.catalog_name, default_schema))
+    resolved = {ident: _scan_table(engine, files) for ident, files in found.items()}
+    ctx.register_catalog_provider(config.catalog_name, CatalogBridge(engine.tables, resolved))
+    with translated_errors():
+        frame = ctx.sql(text, options=READ_ONLY,
+                        param_values=bound_values(parameters) or None)
+        logical = frame.optimized_logical_plan()
+    if any("null_aware" in node.display() for node in _nodes(logical)):
+        # Substrait drops the flag (DESIGN §6): NOT IN must see NULLs of the whole input.
+        raise NotDistributable("NOT IN over a nullable column needs its whole input")
+    try:
+        substrait = ds_substrait.Producer.to_substrait_plan(logical, ctx).encode()
+    except Exception as exc:
+        raise NotDistributable(f"the plan has no Substrait form ({_first_line(exc)})") from None
+
+    def tables(names: list[str]) -> TableFiles:
+        ident = TableIdent(names[-2] if len(names) > 1 else default_schema, names[-1])
+        if ident not in found:
+            raise NotDistributable(f"table {'.'.join(names)} was not resolved before planning")
+        return found[ident]
+
+    def empty_table(schema: pa.Schema) -> Table:
+        return Table(ds.dataset(schema.empty_table()))
+
+    try:
+        return plan_stages(substrait, base_context(config), tables, partitions, empty_table)
+    except NotDistributable:
+        raise
+    except Exception as exc:
+        raise NotDistributable(f"the stage planner failed ({_first_line(exc)})") from None
+
+
+def _snapshot_files(engine: SqlEngine, text: str, default_schema: str
+                    ) -> dict[TableIdent, TableFiles]:
+    found = {}
+    for ident in referenced_tables(text, default_schema):
+        try:
+            scan = engine.catalog.scan(ident)
+        except (TableNotFound, NamespaceNotFound):
+            continue  # planning reports it
+        if scan.arrow is not None:
+            raise NotDistributable(f"table {ident} has row-level deletes")
+        found[ident] = TableFiles(str(ident), tuple(scan.data_files), plain_schema(scan.schema))
+    return found
+
+
+def _scan_table(engine: SqlEngine, files: TableFiles) -> Table:
+    """A named table for planning only (its scan never runs here)."""
+    if not files.files:
+        return engine.tables.memory_table(files.schema.empty_table())
+    return Table(ds.dataset(list(files.files), schema=files.schema, format="parquet"))
+
+
+def _nodes(plan: LogicalPlan) -> list[LogicalPlan]:
+    found = [plan]
+    for child in plan.inputs():
+        found.extend(_nodes(child))
+    return found
+
+
+def _first_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+# -- executor side ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class StageTask:
+    """What an executor needs to run one task of a stage."""
+
+    plan: bytes
+    schema: pa.Schema
+    scans: tuple[ScanSpec, ...]  # with this task's files only
+    inputs: dict[StageId, tuple[pa.Schema, tuple[Path, ...]]]  # local IPC files per input
+    scratch: Path  # a directory of the task's own
+
+
+def stage_query(engine: SqlEngine, task: StageTask) -> PlannedQuery:
+    """The task's stage as a planned query over its files and fetched inputs."""
+    ctx = base_context(engine.config)
+    with translated_errors():
+        for scan in task.scans:
+            _register_files(ctx, scan.name, [Path(f) for f in scan.files], scan.schema,
+                            ".parquet", task.scratch)
+        for stage, (schema, paths) in task.inputs.items():
+            _register_files(ctx, input_name(stage), list(paths), schema, ".arrows",
+                            task.scratch)
+        plan = ds_substrait.Serde.deserialize_bytes(task.plan)
+        logical = ds_substrait.Consumer.from_substrait_plan(ctx, plan)
+        frame = ctx.create_dataframe_from_logical_plan(logical)
+    return PlannedQuery(sql="", schema=task.schema, frame=frame)
+
+
+def _register_files(ctx: SessionContext, name: str, files: list[Path], schema: pa.Schema,
+                    extension: str, scratch: Path) -> None:
+    """`files` as one listing table: Substrait reads need a real table scan, not a view."""
+    folder = scratch / name
+    folder.mkdir(parents=True)
+    for number, file in enumerate(files):
+        (folder / f"{number:06d}{extension}").symlink_to(file.resolve())
+    if extension == ".parquet":
+        ctx.register_parquet(name, str(folder), schema=schema, file_extension=extension)
+    else:
+        ctx.register_arrow(name, str(folder), schema=schema, file_extension=extension)
