@@ -76,6 +76,9 @@ def main() -> None:
 @click.option("--executor-grace", envvar="KRISHIV_EXECUTOR_GRACE_SECS", default=30.0,
               show_default=True, type=click.FloatRange(min=0),
               help="Seconds a query waits with no executor before failing UNAVAILABLE.")
+@click.option("--shuffle-partitions", envvar="KRISHIV_SHUFFLE_PARTITIONS", default=4,
+              show_default=True, type=click.IntRange(min=1, max=256),
+              help="Partitions of each hash exchange (tasks of each join or group-by stage).")
 @click.option("--max-concurrent-queries", envvar="KRISHIV_MAX_CONCURRENT_QUERIES", default=16,
               show_default=True, type=click.IntRange(min=1),
               help="Queries running at once; more wait in a queue.")
@@ -102,7 +105,8 @@ def serve(
     host: str, port: int, warehouse: Path, catalog_uri: str | None,
     catalog_properties: tuple[str, ...], demo: bool, demo_scale: float, default_schema: str,
     memory_limit: str | None, query_timeout: float | None, executors: int,
-    heartbeat_timeout: float, executor_grace: float, max_concurrent_queries: int,
+    heartbeat_timeout: float, executor_grace: float, shuffle_partitions: int,
+    max_concurrent_queries: int,
     max_queued_queries: int, max_upload: str,
     tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
     tokens: tuple[str, ...],
@@ -123,6 +127,7 @@ def serve(
             executors=executors,
             distributed=distributed or executors > 0,
             heartbeat_timeout_s=heartbeat_timeout, no_executor_grace_s=executor_grace,
+            shuffle_partitions=shuffle_partitions,
             auth=_with_executor_token(auth_config(environ(), tokens, token_file, None,
                                                   users_file), executors),
             engine=EngineConfig(
@@ -281,7 +286,8 @@ def run_server(config: ServerConfig) -> None:
     authenticator = Authenticator(config.auth)
     settings = Settings(heartbeat_timeout_s=config.heartbeat_timeout_s,
                         no_executor_grace_s=config.no_executor_grace_s)
-    cluster = (CoordinatorService(config.auth.executor_token, settings)
+    cluster = (CoordinatorService(config.auth.executor_token, settings, engine=engine,
+                                  partitions=config.shuffle_partitions)
                if config.distributed else None)
     handler = FlightSqlHandler(engine, config.max_upload_bytes, cluster,
                                insecure_cluster=config.insecure)

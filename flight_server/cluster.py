@@ -2,8 +2,9 @@
 and the executor agent that registers, heartbeats and runs tasks.
 
 Control calls are Flight actions with JSON bodies, authenticated by the executor token.
-Today every query runs as one task (one stage, one partition) on one executor; the stage
-planner that splits queries is still to come.
+A query is cut into stages by the stage planner (engine.distributed.planner); reducers
+pull their inputs from the executors holding them with Flight DoGet. A query the planner
+cannot cut runs whole as one task, and EXPLAIN says why.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,10 @@ import pyarrow.flight as flight
 from engine import PlannedQuery, SqlEngine
 from engine.arrow_types import conform_batch
 from engine.distributed.ids import Attempt, ExecutorId, JobId, StageId, TaskAttempt, TaskId
-from engine.distributed.shuffle import ShuffleKey, write_map_output
+from engine.distributed.messages import StageInput, decode_stage_task, encode_stage_task
+from engine.distributed.planner import StageDef, StagePlan
+from engine.distributed.shuffle import ShuffleKey, write_arrow_file, write_map_output
+from engine.distributed.stages import StageTask, plan_distributed, stage_query
 from engine.distributed.state import (
     Action,
     CancelTask,
@@ -37,6 +41,7 @@ from engine.distributed.state import (
     Event,
     ExecutorJoined,
     ExecutorLost,
+    FetchFailed,
     Heartbeat,
     JobCancelled,
     JobFinished,
@@ -68,8 +73,8 @@ RUN_TASK = "krishiv.task.run"
 DROP_JOB = "krishiv.job.drop"  # delete a finished job's shuffle files
 CANCEL_TASK = "krishiv.task.cancel"
 
-_RESULT_STAGE = StageId(0)
-_EXPLAIN = re.compile(r"^\s*EXPLAIN\b", re.IGNORECASE)
+_SQL_STAGE = StageId(0)  # the one stage of a query that runs whole
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(ANALYZE\s+)?(?:VERBOSE\s+)?", re.IGNORECASE)
 # An executor whose coordinator stays unreachable this long stops itself.
 COORDINATOR_GONE_S = 30.0
 
@@ -135,17 +140,56 @@ class _Waiter:
     finished: JobFinished | None = None
 
 
+@dataclass(frozen=True)
+class _TaskMetrics:
+    executor: ExecutorId
+    rows: int
+    bytes: int
+    seconds: float
+
+
+@dataclass
+class _Job:
+    query: PlannedQuery
+    text: str  # the SQL the job runs (without EXPLAIN)
+    stages: dict[StageId, StageDef]  # empty: the whole query runs as one SQL task
+    waiter: _Waiter
+    metrics: dict[tuple[StageId, int], _TaskMetrics] = field(default_factory=dict)
+
+
+def _explain_row(schema: pa.Schema, plan_type: str, stage_plan: StagePlan | None,
+                 reason: str, metrics: dict[tuple[StageId, int], _TaskMetrics]
+                 ) -> pa.RecordBatch:
+    """The distributed plan as an EXPLAIN row, with per-stage metrics after a run."""
+    if stage_plan is None:
+        text = f"Stage {_SQL_STAGE}: 1 task runs the whole query ({reason})"
+    else:
+        notes = {}
+        for stage in stage_plan.stages:
+            tasks = [m for (s, _), m in metrics.items() if s == stage.stage]
+            if tasks:
+                executors = ", ".join(sorted({m.executor for m in tasks}))
+                notes[stage.stage] = (
+                    f"ran on {executors}: {sum(m.rows for m in tasks)} rows, "
+                    f"{sum(m.bytes for m in tasks)} bytes written, "
+                    f"{sum(m.seconds for m in tasks):.3f} s in tasks")
+        text = stage_plan.explain(notes)
+    return pa.record_batch([pa.array([plan_type]), pa.array([text])], schema=schema)
+
+
 class CoordinatorService:
     """Feeds the state machine and carries out its actions; one lock guards both."""
 
     def __init__(self, executor_token: str | None, settings: Settings | None = None,
-                 tick_s: float = 0.5) -> None:
+                 tick_s: float = 0.5, engine: SqlEngine | None = None,
+                 partitions: int = 4) -> None:
         self._token = executor_token
+        self._engine = engine
+        self._partitions = partitions
         self._machine = Coordinator(settings)
         self._lock = threading.Lock()
         self._addresses: dict[ExecutorId, str] = {}
-        self._tasks: dict[JobId, PlannedQuery] = {}
-        self._waiters: dict[JobId, _Waiter] = {}
+        self._jobs: dict[JobId, _Job] = {}
         self._launcher = ThreadPoolExecutor(max_workers=16, thread_name_prefix="launch")
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, args=(tick_s,), daemon=True)
@@ -166,15 +210,27 @@ class CoordinatorService:
         elif kind == HEARTBEAT:
             self._handle(Heartbeat(executor, time.monotonic()))
         elif kind == REPORT:
-            attempt = _task_from(message)
-            if message.get("ok"):
-                log.info("task %s finished on %s", attempt.task, executor)
-                self._handle(TaskSucceeded(attempt, executor))
-            else:
-                kind = str(message.get("error_kind", ""))
-                reason = f"{kind}: {str(message.get('error', ''))[:300]}"
-                self._handle(TaskFailed(attempt, executor, reason, fatal=kind in _QUERY_ERRORS))
+            self._report(executor, message)
         return b"{}"
+
+    def _report(self, executor: ExecutorId, message: dict[str, Any]) -> None:
+        attempt = _task_from(message)
+        if message.get("ok"):
+            log.info("task %s finished on %s", attempt.task, executor)
+            job = self._jobs.get(attempt.task.job)
+            if job is not None:
+                job.metrics[(attempt.task.stage, attempt.task.partition)] = _TaskMetrics(
+                    executor, int(message.get("rows", 0)), int(message.get("bytes", 0)),
+                    float(message.get("seconds", 0.0)))
+            self._handle(TaskSucceeded(attempt, executor))
+        elif message.get("fetch_failed"):
+            lost = ExecutorId(str(message["fetch_failed"]))
+            log.warning("task %s could not fetch from %s", attempt.task, lost)
+            self._handle(FetchFailed(attempt, executor, lost))
+        else:
+            kind = str(message.get("error_kind", ""))
+            reason = f"{kind}: {str(message.get('error', ''))[:300]}"
+            self._handle(TaskFailed(attempt, executor, reason, fatal=kind in _QUERY_ERRORS))
 
     def _handle(self, event: Event) -> None:
         with self._lock:
@@ -188,21 +244,30 @@ class CoordinatorService:
         elif isinstance(action, CancelTask):
             self._launcher.submit(self._cancel, action)
         elif isinstance(action, JobFinished):
-            waiter = self._waiters.get(action.job)
-            if waiter is not None:
-                waiter.finished = action
-                waiter.done.set()
+            job = self._jobs.get(action.job)
+            if job is not None:
+                job.waiter.finished = action
+                job.waiter.done.set()
 
     def _launch(self, launch: LaunchTask) -> None:
-        query = self._tasks.get(launch.attempt.task.job)
+        job = self._jobs.get(launch.attempt.task.job)
         address = self._addresses.get(launch.executor)
-        if query is None or address is None:
+        if job is None or address is None:
             return
-        body = {**_task_json(launch.attempt), "sql": query.text,
-                "default_schema": query.default_schema}
-        if query.parameters is not None:
-            body["parameters"] = query.parameters.serialize().to_pybytes().hex()
-            body["parameters_schema"] = query.parameters.schema.serialize().to_pybytes().hex()
+        task = launch.attempt.task
+        body: dict[str, Any] = {**_task_json(launch.attempt),
+                                "default_schema": job.query.default_schema}
+        if job.stages:
+            with self._lock:
+                addresses = dict(self._addresses)
+            body.update(encode_stage_task(job.stages[task.stage], task.partition, job.stages,
+                                          launch.inputs, addresses))
+        else:
+            body["sql"] = job.text
+            parameters = job.query.parameters
+            if parameters is not None:
+                body["parameters"] = parameters.serialize().to_pybytes().hex()
+                body["parameters_schema"] = parameters.schema.serialize().to_pybytes().hex()
         try:
             _send(address, RUN_TASK, body, self._token)
         except flight.FlightError as exc:
@@ -230,48 +295,91 @@ class CoordinatorService:
     # -- queries ----------------------------------------------------------------------
     def run(self, query: PlannedQuery, is_cancelled: Callable[[], bool]
             ) -> Iterator[pa.RecordBatch]:
-        """Run `query` as a job on the executors and stream its result."""
-        job = JobId(str(uuid.uuid4()))
-        waiter = _Waiter(threading.Event())
-        self._tasks[job] = query
-        self._waiters[job] = waiter
+        """Run `query` as a job on the executors and stream its result.
+
+        EXPLAIN adds a row with the stage plan; EXPLAIN ANALYZE runs the query on the
+        executors and returns the stage plan with each stage's metrics.
+        """
+        explain = _EXPLAIN.match(query.text)
+        if explain is None or query.schema.names != ["plan_type", "plan"]:
+            yield from self._results(query, query.text, is_cancelled, query.schema)
+            return
+        text = query.text[explain.end():]
+        stage_plan, reason = self._plan(query, text)
+        if explain.group(1) is None:  # plain EXPLAIN: plans only, nothing runs
+            yield from self._engine_stream(query, is_cancelled)
+            yield _explain_row(query.schema, "distributed_plan", stage_plan, reason, {})
+            return
+        job = self._submit(query, text, stage_plan)
         try:
-            self._handle(JobSubmitted(job, (StageSpec(_RESULT_STAGE, 1),), time.monotonic()))
-            while not waiter.done.wait(0.05):
-                if is_cancelled():
-                    self._handle(JobCancelled(job))
-                    raise Cancelled("query cancelled by the client")
-            finished = waiter.finished
-            assert finished is not None
-            if finished.state is not JobState.SUCCEEDED:
-                raise _client_error(finished.reason)
-            for location in finished.results:
-                key = ShuffleKey(job, _RESULT_STAGE, location.stage_attempt, 0,
-                                 location.partition, location.attempt)
-                client = flight.connect(self._addresses[location.executor])
+            for _ in self._fetch_results(job, is_cancelled, None):
+                pass
+            metrics = self._jobs[job].metrics
+            yield _explain_row(query.schema, "distributed_plan_with_metrics", stage_plan,
+                               reason, metrics)
+        finally:
+            self._forget(job)
+
+    def _results(self, query: PlannedQuery, text: str, is_cancelled: Callable[[], bool],
+                 schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+        stage_plan, _ = self._plan(query, text)
+        job = self._submit(query, text, stage_plan)
+        try:
+            yield from self._fetch_results(job, is_cancelled, schema)
+        finally:
+            self._forget(job)
+
+    def _plan(self, query: PlannedQuery, text: str) -> tuple[StagePlan | None, str]:
+        """The query's stages, or None and the reason it runs as one task."""
+        if self._engine is None:
+            return None, "this coordinator has no stage planner"
+        try:
+            return plan_distributed(self._engine, text, query.default_schema,
+                                    query.parameters, self._partitions), ""
+        except EngineError as exc:
+            return None, str(exc)
+
+    def _submit(self, query: PlannedQuery, text: str, stage_plan: StagePlan | None) -> JobId:
+        job = JobId(str(uuid.uuid4()))
+        stages = {s.stage: s for s in stage_plan.stages} if stage_plan else {}
+        self._jobs[job] = _Job(query, text, stages, _Waiter(threading.Event()))
+        specs = (tuple(StageSpec(s.stage, s.tasks, s.inputs) for s in stage_plan.stages)
+                 if stage_plan else (StageSpec(_SQL_STAGE, 1),))
+        self._handle(JobSubmitted(job, specs, time.monotonic()))
+        return job
+
+    def _fetch_results(self, job: JobId, is_cancelled: Callable[[], bool],
+                       schema: pa.Schema | None) -> Iterator[pa.RecordBatch]:
+        """Wait for the job, then stream its final stage's output (conformed to `schema`)."""
+        record = self._jobs[job]
+        while not record.waiter.done.wait(0.05):
+            if is_cancelled():
+                self._handle(JobCancelled(job))
+                raise Cancelled("query cancelled by the client")
+        finished = record.waiter.finished
+        assert finished is not None
+        if finished.state is not JobState.SUCCEEDED:
+            raise _client_error(finished.reason)
+        final = max(record.stages) if record.stages else _SQL_STAGE
+        for location in finished.results:
+            key = ShuffleKey(job, final, location.stage_attempt, 0, location.partition,
+                             location.attempt)
+            client = flight.connect(self._addresses[location.executor])
+            try:
                 reader = client.do_get(flight.Ticket(key.ticket()), _options(self._token))
                 for chunk in reader:
-                    yield conform_batch(chunk.data, query.schema)
+                    yield chunk.data if schema is None else conform_batch(chunk.data, schema)
+            finally:
                 client.close()
-            distributed_plan = self.explain(query)
-            if distributed_plan is not None:
-                yield distributed_plan
-        finally:
-            self._tasks.pop(job, None)
-            self._waiters.pop(job, None)
-            self._launcher.submit(self._drop_everywhere, job)
 
-    def explain(self, query: PlannedQuery) -> pa.RecordBatch | None:
-        """The distributed plan as an extra EXPLAIN row, for EXPLAIN queries."""
-        if not _EXPLAIN.match(query.text) or query.schema.names != ["plan_type", "plan"]:
-            return None
-        with self._lock:
-            executors = len(self._addresses)
-        plan = (f"Stage {_RESULT_STAGE}: 1 task (gather) on one of {executors} executors; "
-                "the whole query runs in that task because the stage planner does not split "
-                "queries into stages yet")
-        return pa.record_batch([pa.array(["distributed_plan"]), pa.array([plan])],
-                               schema=query.schema)
+    def _forget(self, job: JobId) -> None:
+        self._jobs.pop(job, None)
+        self._launcher.submit(self._drop_everywhere, job)
+
+    def _engine_stream(self, query: PlannedQuery, is_cancelled: Callable[[], bool]
+                       ) -> Iterator[pa.RecordBatch]:
+        if self._engine is not None:
+            yield from self._engine.stream(query, is_cancelled)
 
     def _drop_everywhere(self, job: JobId) -> None:
         """Ask every executor to delete the job's shuffle files (best effort)."""
@@ -284,6 +392,12 @@ class CoordinatorService:
     def close(self) -> None:
         self._stop.set()
         self._launcher.shutdown(wait=False, cancel_futures=True)
+
+
+class _FetchFailed(Exception):
+    def __init__(self, executor: ExecutorId, cause: Exception) -> None:
+        super().__init__(f"fetch from {executor} failed: {' '.join(str(cause).split())[:200]}")
+        self.executor = executor
 
 
 class ExecutorAgent:
@@ -340,21 +454,22 @@ class ExecutorAgent:
 
     def _run(self, attempt: TaskAttempt, message: dict[str, Any]) -> None:
         task = attempt.task
+        started = time.monotonic()
         try:
-            parameters = None
-            if "parameters" in message:
-                schema = pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(
-                    message["parameters_schema"])))
-                parameters = pa.ipc.read_record_batch(
-                    pa.py_buffer(bytes.fromhex(message["parameters"])), schema)
-            session = self._engine.session(str(message.get("default_schema") or "") or None)
-            planned = session.plan(str(message["sql"]), parameters)
-            key = ShuffleKey(task.job, task.stage, task.stage_attempt, 0, task.partition,
-                             attempt.attempt)
-            cancelled = self._cancelled[attempt].is_set
-            write_map_output(self._work_dir, key, self._engine.stream(planned, cancelled),
-                             planned.schema, [], 1)
-            report: dict[str, Any] = {**_task_json(attempt), "ok": True}
+            if "plan" in message:
+                counts = self._run_stage(attempt, message)
+            else:
+                counts = self._run_sql(attempt, message)
+            written = self._work_dir / task.job / f"{task.stage}.{task.stage_attempt}"
+            size = sum(ShuffleKey(task.job, task.stage, task.stage_attempt, p, task.partition,
+                                  attempt.attempt).path(self._work_dir).stat().st_size
+                       for p in counts) if written.exists() else 0
+            report: dict[str, Any] = {**_task_json(attempt), "ok": True,
+                                      "rows": sum(counts.values()), "bytes": size,
+                                      "seconds": round(time.monotonic() - started, 4)}
+        except _FetchFailed as exc:
+            log.warning("task %s: %s", task, exc)
+            report = {**_task_json(attempt), "ok": False, "fetch_failed": exc.executor}
         except Exception as exc:  # reported to the coordinator, which retries or fails
             log.info("task %s failed: %s", task, type(exc).__name__)
             report = {**_task_json(attempt), "ok": False, "error_kind": type(exc).__name__,
@@ -365,6 +480,79 @@ class ExecutorAgent:
             self._call(REPORT, report)
         except flight.FlightError as exc:
             log.warning("report of %s failed: %s", task, exc)
+
+    def _run_sql(self, attempt: TaskAttempt, message: dict[str, Any]) -> dict[int, int]:
+        """A query the planner could not cut: plan its SQL here and run all of it."""
+        task = attempt.task
+        parameters = None
+        if "parameters" in message:
+            schema = pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(
+                message["parameters_schema"])))
+            parameters = pa.ipc.read_record_batch(
+                pa.py_buffer(bytes.fromhex(message["parameters"])), schema)
+        session = self._engine.session(str(message.get("default_schema") or "") or None)
+        planned = session.plan(str(message["sql"]), parameters)
+        key = ShuffleKey(task.job, task.stage, task.stage_attempt, 0, task.partition,
+                         attempt.attempt)
+        cancelled = self._cancelled[attempt].is_set
+        return write_map_output(self._work_dir, key, self._engine.stream(planned, cancelled),
+                                planned.schema, [], 1)
+
+    def _run_stage(self, attempt: TaskAttempt, message: dict[str, Any]) -> dict[int, int]:
+        """One task of a stage: fetch its inputs, run its plan, write its partitions."""
+        task = attempt.task
+        try:
+            stage = decode_stage_task(message)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidArgument(f"malformed stage task: {exc}") from None
+        scratch = (self._work_dir / task.job / "tasks"
+                   / f"{task.stage}.{task.stage_attempt}.{task.partition}.{attempt.attempt}")
+        try:
+            inputs = {
+                source.stage: (source.schema, self._fetch(attempt, source, scratch))
+                for source in stage.inputs
+            }
+            planned = stage_query(self._engine, StageTask(stage.plan, stage.schema,
+                                                          stage.scans, inputs, scratch))
+            key = ShuffleKey(task.job, task.stage, task.stage_attempt, 0, task.partition,
+                             attempt.attempt)
+            cancelled = self._cancelled[attempt].is_set
+            return write_map_output(self._work_dir, key, self._engine.stream(planned, cancelled),
+                                    stage.schema, [f"c{k}" for k in stage.output_keys],
+                                    stage.output_partitions)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _fetch(self, attempt: TaskAttempt, source: StageInput, scratch: Path
+               ) -> tuple[Path, ...]:
+        """Local paths of this task's partition of every map output of `source`.
+
+        Files this executor wrote are read in place; others come over Flight DoGet.
+        """
+        job = attempt.task.job
+        paths = []
+        for origin in source.sources:
+            key = ShuffleKey(job, source.stage, origin.stage_attempt, source.partition,
+                             origin.map_task, origin.attempt)
+            if origin.executor == self.id:
+                paths.append(key.path(self._work_dir))
+                continue
+            target = scratch / "fetched" / f"{source.stage}-{origin.map_task}.arrows"
+            try:
+                client = flight.connect(origin.address)
+                try:
+                    reader = client.do_get(flight.Ticket(key.ticket()), _options(self._token))
+                    rows = write_arrow_file(target, source.schema,
+                                            (chunk.data for chunk in reader))
+                finally:
+                    client.close()
+            except flight.FlightError as exc:
+                raise _FetchFailed(origin.executor, exc) from None
+            log.info("%s fetched stage %s partition %s of map task %s from %s over "
+                     "Flight: %d rows (task %s)", self.id, source.stage, source.partition,
+                     origin.map_task, origin.executor, rows, attempt.task)
+            paths.append(target)
+        return tuple(paths)
 
     def drop_job(self, body: bytes) -> None:
         job = str(_json(body).get("job", ""))

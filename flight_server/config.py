@@ -51,6 +51,7 @@ class ServerConfig:
     distributed: bool = False
     heartbeat_timeout_s: float = 10.0  # an executor silent this long is lost
     no_executor_grace_s: float = 30.0  # queries fail after this long with no executor
+    shuffle_partitions: int = 4  # partitions of each hash exchange
     auth: AuthConfig = field(default_factory=AuthConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 

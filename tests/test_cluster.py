@@ -65,12 +65,65 @@ def test_parameters_and_writes_with_executors(cluster: RunningServer) -> None:
         cur.execute("DROP TABLE public.cluster_t")
 
 
-def test_explain_says_how_the_query_is_distributed(cluster: RunningServer) -> None:
+JOIN_QUERY = ("SELECT o_orderpriority, count(*) AS n FROM orders JOIN lineitem "
+              "ON l_orderkey = o_orderkey GROUP BY o_orderpriority ORDER BY o_orderpriority")
+
+
+def test_explain_shows_stages_exchanges_and_partitions(cluster: RunningServer) -> None:
     with adbc_connect(cluster) as conn, conn.cursor() as cur:
-        cur.execute("EXPLAIN SELECT count(*) FROM lineitem")
+        cur.execute(f"EXPLAIN {JOIN_QUERY}")
         rows = dict(cur.fetchall())
-    assert "physical_plan" in rows
-    assert rows["distributed_plan"].startswith("Stage 0: 1 task (gather) on one of 2 executors")
+    assert "physical_plan" in rows  # DataFusion's own plans come too
+    stages = rows["distributed_plan"].splitlines()
+    assert len(stages) >= 4
+    # Both join inputs are hash-partitioned on the join key, the join's output on the
+    # group key; the sorted result is gathered.
+    assert sum("-> hash(c0) into 4 partitions" in line for line in stages) >= 3
+    assert "join" in rows["distributed_plan"] and "aggregate" in rows["distributed_plan"]
+    assert stages[-1].endswith("-> result (gather to the coordinator)")
+    assert "4 task(s)" in rows["distributed_plan"]
+
+
+def test_explain_analyze_has_metrics_per_stage(cluster: RunningServer) -> None:
+    with adbc_connect(cluster) as conn, conn.cursor() as cur:
+        cur.execute(f"EXPLAIN ANALYZE {JOIN_QUERY}")
+        (plan_type, text), = cur.fetchall()
+    assert plan_type == "distributed_plan_with_metrics"
+    lines = text.splitlines()
+    assert all(re.search(r"ran on executor-\w+.*: \d+ rows, \d+ bytes written, [0-9.]+ s "
+                         r"in tasks$", line) for line in lines), text
+    assert any("reads tpch.lineitem" in line and ": 60175 rows" in line for line in lines)
+    assert re.search(r"ran on executor-\w+, executor-\w+", text)  # a stage used both
+    assert lines[-1].split("ran on ")[1].startswith("executor-")
+    assert ": 5 rows" in lines[-1]
+
+
+def test_shuffle_data_crosses_executors_over_flight(cluster: RunningServer,
+                                                    duck: duckdb.DuckDBPyConnection) -> None:
+    with adbc_connect(cluster) as conn, conn.cursor() as cur:
+        cur.execute(JOIN_QUERY)
+        assert cur.fetchall() == duck.execute(JOIN_QUERY).fetchall()
+    fetches = re.findall(r"(executor-\w+) fetched stage \d+ partition \d+ of map task \d+ "
+                         r"from (executor-\w+) over Flight: (\d+) rows", cluster.log())
+    crossed = [(reader, writer, int(rows)) for reader, writer, rows in fetches
+               if reader != writer]
+    assert crossed, "no shuffle partition was fetched from another executor"
+    assert sum(rows for _, _, rows in crossed) > 0
+
+
+def test_not_in_keeps_null_semantics_and_explain_says_one_task(cluster: RunningServer
+                                                                ) -> None:
+    with adbc_connect(cluster) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE public.with_nulls (x BIGINT)")
+        cur.execute("INSERT INTO public.with_nulls VALUES (1), (NULL)")
+        query = ("SELECT n_nationkey FROM nation WHERE n_nationkey NOT IN "
+                 "(SELECT x FROM public.with_nulls)")
+        cur.execute(query)
+        assert cur.fetchall() == []  # a NULL in the list: no row is NOT IN it
+        cur.execute(f"EXPLAIN {query}")
+        plan = dict(cur.fetchall())["distributed_plan"]
+        assert plan.startswith("Stage 0: 1 task runs the whole query (NOT IN")
+        cur.execute("DROP TABLE public.with_nulls")
 
 
 def test_query_errors_on_executors_keep_their_status(cluster: RunningServer) -> None:

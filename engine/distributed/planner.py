@@ -74,7 +74,8 @@ class StageDef:
 class StagePlan:
     stages: tuple[StageDef, ...]  # dependencies first; the last stage yields the result
 
-    def explain(self) -> str:
+    def explain(self, notes: dict[StageId, str] | None = None) -> str:
+        """One line per stage; `notes` (e.g. metrics) are appended to their stage's line."""
         lines = []
         for stage in self.stages:
             if stage is self.stages[-1]:
@@ -86,8 +87,10 @@ class StagePlan:
                 target = "gather into 1 partition"
             reads = ", ".join([f"stage {i}" for i in stage.inputs]
                               + [_scan_text(s) for s in stage.scans])
+            note = (notes or {}).get(stage.stage)
             lines.append(f"Stage {stage.stage}: {stage.tasks} task(s) [{stage.summary}] "
-                         f"reads {reads or 'nothing'} -> {target}")
+                         f"reads {reads or 'nothing'} -> {target}"
+                         + (f"; {note}" if note else ""))
         return "\n".join(lines)
 
 

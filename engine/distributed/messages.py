@@ -1,0 +1,108 @@
+"""The JSON bodies that carry a stage task from the coordinator to an executor."""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from engine.distributed.ids import Attempt, ExecutorId, StageId
+from engine.distributed.planner import ExchangeKind, ScanSpec, StageDef
+from engine.distributed.state import OutputLocation
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: object) -> bytes:
+    return base64.b64decode(str(text), validate=True)
+
+
+def _schema_b64(schema: pa.Schema) -> str:
+    return _b64(schema.serialize().to_pybytes())
+
+
+def _schema_from(text: object) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(_unb64(text)))
+
+
+@dataclass(frozen=True)
+class InputSource:
+    """One map task's output a reducer reads: where it is and its shuffle key parts."""
+
+    executor: ExecutorId
+    address: str
+    stage_attempt: Attempt
+    map_task: int
+    attempt: Attempt
+
+
+@dataclass(frozen=True)
+class StageInput:
+    stage: StageId
+    schema: pa.Schema
+    partition: int  # the partition of every map task's output this task reads
+    sources: tuple[InputSource, ...]
+
+
+@dataclass(frozen=True)
+class StageTaskMessage:
+    plan: bytes
+    schema: pa.Schema
+    scans: tuple[ScanSpec, ...]
+    inputs: tuple[StageInput, ...]
+    output_keys: tuple[int, ...]
+    output_partitions: int
+
+
+def encode_stage_task(stage: StageDef, task: int, stages: dict[StageId, StageDef],
+                      outputs: dict[StageId, tuple[OutputLocation, ...]],
+                      addresses: dict[ExecutorId, str]) -> dict[str, Any]:
+    inputs = []
+    for source_id in stage.inputs:
+        source = stages[source_id]
+        partition = task if source.output.kind is ExchangeKind.HASH else 0
+        inputs.append({
+            "stage": source_id, "schema": _schema_b64(source.schema), "partition": partition,
+            "sources": [{"executor": o.executor, "address": addresses.get(o.executor, ""),
+                         "stage_attempt": o.stage_attempt, "map_task": o.partition,
+                         "attempt": o.attempt} for o in outputs.get(source_id, ())],
+        })
+    return {
+        "plan": _b64(stage.plan),
+        "schema": _schema_b64(stage.schema),
+        "scans": [{"name": s.name, "table": s.table, "schema": _schema_b64(s.schema),
+                   "files": list(s.files_for(task, stage.tasks))} for s in stage.scans],
+        "inputs": inputs,
+        "output": {"keys": list(stage.output.keys), "partitions": stage.output.partitions},
+    }
+
+
+def _scan_name(value: object) -> str:
+    name = str(value)
+    if not re.fullmatch(r"__scan_[0-9]{1,6}", name):
+        raise ValueError(f"bad scan name {name[:40]!r}")
+    return name
+
+
+def decode_stage_task(body: dict[str, Any]) -> StageTaskMessage:
+    """A stage task from its JSON body; KeyError, TypeError or ValueError if malformed."""
+    scans = tuple(
+        ScanSpec(_scan_name(s["name"]), str(s["table"]), tuple(str(f) for f in s["files"]),
+                 _schema_from(s["schema"]), split=False)
+        for s in body["scans"]
+    )
+    inputs = tuple(
+        StageInput(StageId(int(i["stage"])), _schema_from(i["schema"]), int(i["partition"]),
+                   tuple(InputSource(ExecutorId(str(s["executor"])), str(s["address"]),
+                                     Attempt(int(s["stage_attempt"])), int(s["map_task"]),
+                                     Attempt(int(s["attempt"]))) for s in i["sources"]))
+        for i in body["inputs"]
+    )
+    output = body["output"]
+    return StageTaskMessage(_unb64(body["plan"]), _schema_from(body["schema"]), scans, inputs,
+                            tuple(int(k) for k in output["keys"]), int(output["partitions"]))
