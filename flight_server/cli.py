@@ -29,7 +29,7 @@ from flight_server.config import (
     is_loopback,
     parse_size,
 )
-from flight_server.executor import ShuffleHandler
+from flight_server.executor import ShuffleHandler, lenient
 from flight_server.server import FlightSqlHandler
 from flight_server.transport import (
     FlightService,
@@ -79,6 +79,9 @@ def main() -> None:
 @click.option("--shuffle-partitions", envvar="KRISHIV_SHUFFLE_PARTITIONS", default=4,
               show_default=True, type=click.IntRange(min=1, max=256),
               help="Partitions of each hash exchange (tasks of each join or group-by stage).")
+@click.option("--direct-results", is_flag=True, envvar="KRISHIV_DIRECT_RESULTS",
+              help="Clients fetch query results from the executors (FlightInfo endpoints "
+                   "with signed tickets) instead of through this server.")
 @click.option("--max-concurrent-queries", envvar="KRISHIV_MAX_CONCURRENT_QUERIES", default=16,
               show_default=True, type=click.IntRange(min=1),
               help="Queries running at once; more wait in a queue.")
@@ -106,7 +109,7 @@ def serve(
     catalog_properties: tuple[str, ...], demo: bool, demo_scale: float, default_schema: str,
     memory_limit: str | None, query_timeout: float | None, executors: int,
     heartbeat_timeout: float, executor_grace: float, shuffle_partitions: int,
-    max_concurrent_queries: int,
+    direct_results: bool, max_concurrent_queries: int,
     max_queued_queries: int, max_upload: str,
     tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
     tokens: tuple[str, ...],
@@ -127,7 +130,7 @@ def serve(
             executors=executors,
             distributed=distributed or executors > 0,
             heartbeat_timeout_s=heartbeat_timeout, no_executor_grace_s=executor_grace,
-            shuffle_partitions=shuffle_partitions,
+            shuffle_partitions=shuffle_partitions, direct_results=direct_results,
             auth=_with_executor_token(auth_config(environ(), tokens, token_file, None,
                                                   users_file), executors),
             engine=EngineConfig(
@@ -184,8 +187,8 @@ def executor(host: str, port: int, work_dir: Path, coordinator: str | None, ware
     work_dir.mkdir(parents=True, exist_ok=True)
     authenticator = Authenticator(AuthConfig(tokens=(token,) if token else (),
                                              executor_token=token or None))
-    handler = ShuffleHandler(work_dir.resolve())
-    service = FlightService(handler, authenticator.authenticate)
+    handler = ShuffleHandler(work_dir.resolve(), token or None)
+    service = FlightService(handler, lenient(authenticator.authenticate))
     try:
         server, bound = start_flight_server(service, host, port, TransportConfig())
     except OSError as exc:
@@ -287,7 +290,8 @@ def run_server(config: ServerConfig) -> None:
     settings = Settings(heartbeat_timeout_s=config.heartbeat_timeout_s,
                         no_executor_grace_s=config.no_executor_grace_s)
     cluster = (CoordinatorService(config.auth.executor_token, settings, engine=engine,
-                                  partitions=config.shuffle_partitions)
+                                  partitions=config.shuffle_partitions,
+                                  direct_results=config.direct_results)
                if config.distributed else None)
     handler = FlightSqlHandler(engine, config.max_upload_bytes, cluster,
                                insecure_cluster=config.insecure)

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,12 @@ from engine.arrow_types import conform_batch
 from engine.distributed.ids import Attempt, ExecutorId, JobId, StageId, TaskAttempt, TaskId
 from engine.distributed.messages import StageInput, decode_stage_task, encode_stage_task
 from engine.distributed.planner import StageDef, StagePlan
-from engine.distributed.shuffle import ShuffleKey, write_arrow_file, write_map_output
+from engine.distributed.shuffle import (
+    ShuffleKey,
+    sign_result_ticket,
+    write_arrow_file,
+    write_map_output,
+)
 from engine.distributed.stages import StageTask, plan_distributed, stage_query
 from engine.distributed.state import (
     Action,
@@ -75,6 +80,8 @@ CANCEL_TASK = "krishiv.task.cancel"
 
 _SQL_STAGE = StageId(0)  # the one stage of a query that runs whole
 _EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(ANALYZE\s+)?(?:VERBOSE\s+)?", re.IGNORECASE)
+# How long --direct-results tickets (and the files they name) stay valid.
+RESULT_TTL_S = 600.0
 # An executor whose coordinator stays unreachable this long stops itself.
 COORDINATOR_GONE_S = 30.0
 
@@ -182,8 +189,9 @@ class CoordinatorService:
 
     def __init__(self, executor_token: str | None, settings: Settings | None = None,
                  tick_s: float = 0.5, engine: SqlEngine | None = None,
-                 partitions: int = 4) -> None:
+                 partitions: int = 4, direct_results: bool = False) -> None:
         self._token = executor_token
+        self.direct_results = direct_results
         self._engine = engine
         self._partitions = partitions
         self._machine = Coordinator(settings)
@@ -334,10 +342,15 @@ class CoordinatorService:
         if self._engine is None:
             return None, "this coordinator has no stage planner"
         try:
-            return plan_distributed(self._engine, text, query.default_schema,
-                                    query.parameters, self._partitions), ""
+            stage_plan = plan_distributed(self._engine, text, query.default_schema,
+                                          query.parameters, self._partitions)
         except EngineError as exc:
             return None, str(exc)
+        *stages, result = stage_plan.stages
+        if text is query.text and len(result.schema) == len(query.schema):
+            # The result stage writes the very schema the client was promised.
+            stage_plan = StagePlan((*stages, replace(result, schema=query.schema)))
+        return stage_plan, ""
 
     def _submit(self, query: PlannedQuery, text: str, stage_plan: StagePlan | None) -> JobId:
         job = JobId(str(uuid.uuid4()))
@@ -348,9 +361,38 @@ class CoordinatorService:
         self._handle(JobSubmitted(job, specs, time.monotonic()))
         return job
 
-    def _fetch_results(self, job: JobId, is_cancelled: Callable[[], bool],
-                       schema: pa.Schema | None) -> Iterator[pa.RecordBatch]:
-        """Wait for the job, then stream its final stage's output (conformed to `schema`)."""
+    def direct_endpoints(self, query: PlannedQuery, is_cancelled: Callable[[], bool]
+                         ) -> list[tuple[bytes, str]] | None:
+        """With --direct-results: run the query now and return (ticket, executor URI) for
+        each result partition, for the client to fetch from the executors; None when the
+        query's result comes through the coordinator (EXPLAIN)."""
+        if not self.direct_results or _EXPLAIN.match(query.text):
+            return None
+        stage_plan, _ = self._plan(query, query.text)
+        job = self._submit(query, query.text, stage_plan)
+        try:
+            finished = self._wait(job, is_cancelled)
+        except BaseException:
+            self._forget(job)
+            raise
+        final = self._final_stage(job)
+        expires = time.time() + RESULT_TTL_S
+        endpoints = []
+        for location in finished.results:
+            key = ShuffleKey(job, final, location.stage_attempt, 0, location.partition,
+                             location.attempt)
+            ticket = (sign_result_ticket(key, self._token, expires) if self._token
+                      else key.ticket())
+            endpoints.append((ticket, self._addresses[location.executor]))
+        self._jobs.pop(job, None)
+        # The client reads the files later: they go when the tickets expire.
+        timer = threading.Timer(RESULT_TTL_S, self._drop_everywhere, (job,))
+        timer.daemon = True
+        timer.start()
+        return endpoints
+
+    def _wait(self, job: JobId, is_cancelled: Callable[[], bool]) -> JobFinished:
+        """The job's end; cancels it if the client does, raises if it failed."""
         record = self._jobs[job]
         while not record.waiter.done.wait(0.05):
             if is_cancelled():
@@ -360,7 +402,17 @@ class CoordinatorService:
         assert finished is not None
         if finished.state is not JobState.SUCCEEDED:
             raise _client_error(finished.reason)
-        final = max(record.stages) if record.stages else _SQL_STAGE
+        return finished
+
+    def _final_stage(self, job: JobId) -> StageId:
+        stages = self._jobs[job].stages
+        return max(stages) if stages else _SQL_STAGE
+
+    def _fetch_results(self, job: JobId, is_cancelled: Callable[[], bool],
+                       schema: pa.Schema | None) -> Iterator[pa.RecordBatch]:
+        """Wait for the job, then stream its final stage's output (conformed to `schema`)."""
+        finished = self._wait(job, is_cancelled)
+        final = self._final_stage(job)
         for location in finished.results:
             key = ShuffleKey(job, final, location.stage_attempt, 0, location.partition,
                              location.attempt)

@@ -52,6 +52,7 @@ class ServerConfig:
     heartbeat_timeout_s: float = 10.0  # an executor silent this long is lost
     no_executor_grace_s: float = 30.0  # queries fail after this long with no executor
     shuffle_partitions: int = 4  # partitions of each hash exchange
+    direct_results: bool = False  # clients fetch results from the executors
     auth: AuthConfig = field(default_factory=AuthConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -68,6 +69,9 @@ class ServerConfig:
                 "a coordinator needs KRISHIV_EXECUTOR_TASK_BEARER_TOKEN (or --insecure on "
                 "every node)"
             )
+        if self.direct_results and not self.distributed:
+            raise ConfigError("--direct-results needs executors (--executors N, or "
+                              "`krishiv coordinator`)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:

@@ -88,13 +88,20 @@ def command_of(descriptor: fpb.FlightDescriptor) -> Message:
 
 
 def flight_info(
-    schema: pa.Schema, descriptor: fpb.FlightDescriptor, ticket: bytes
+    schema: pa.Schema, descriptor: fpb.FlightDescriptor, ticket: bytes = b"",
+    endpoints: list[tuple[bytes, str]] | None = None,
 ) -> fpb.FlightInfo:
-    """A FlightInfo with one endpoint on this server (no location: reuse the connection)."""
+    """A FlightInfo with one endpoint on this server (no location: reuse the connection),
+    or with `endpoints`: (ticket, location URI) pairs on other servers."""
+    if endpoints is None:
+        found = [fpb.FlightEndpoint(ticket=fpb.Ticket(ticket=ticket))]
+    else:
+        found = [fpb.FlightEndpoint(ticket=fpb.Ticket(ticket=t), location=[fpb.Location(uri=u)])
+                 for t, u in endpoints]
     return fpb.FlightInfo(
         schema=schema_bytes(schema),
         flight_descriptor=descriptor,
-        endpoint=[fpb.FlightEndpoint(ticket=fpb.Ticket(ticket=ticket))],
+        endpoint=found,
         total_records=-1,
         total_bytes=-1,
     )

@@ -85,7 +85,8 @@ class FlightSqlHandler:
         if isinstance(command, METADATA_COMMANDS):
             # A metadata command is its own ticket.
             return flight_info(self._metadata.schema_for(command), descriptor, descriptor.cmd)
-        return self._statements.flight_info(self._plan(call, command), descriptor)
+        return self._statements.flight_info(self._plan(call, command), descriptor,
+                                            call.is_cancelled)
 
     def get_schema(self, call: Call, descriptor: fpb.FlightDescriptor) -> pa.Schema:
         command = command_of(descriptor)

@@ -31,8 +31,14 @@ class Statements:
         self._cluster = cluster
         self._planned: HandleStore[_Pending] = HandleStore("statement", _QUERY_TTL_S)
 
-    def flight_info(self, query: PlannedQuery, descriptor: fpb.FlightDescriptor) -> fpb.FlightInfo:
-        """Keep `query` for DoGet and describe its one endpoint on this server."""
+    def flight_info(self, query: PlannedQuery, descriptor: fpb.FlightDescriptor,
+                    is_cancelled: Callable[[], bool] = lambda: False) -> fpb.FlightInfo:
+        """Keep `query` for DoGet and describe its one endpoint on this server; with
+        --direct-results, run it and point at the executors holding the result."""
+        if self._cluster is not None and query.frame is not None:
+            direct = self._cluster.direct_endpoints(query, is_cancelled)
+            if direct is not None:
+                return flight_info(query.schema, descriptor, endpoints=direct)
         handle = self._planned.add(_Pending(query))
         ticket = pack(sql.TicketStatementQuery(statement_handle=handle))
         return flight_info(query.schema, descriptor, ticket)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import signal
@@ -16,6 +18,9 @@ import pyarrow.flight as flight
 import pytest
 
 from catalog import IcebergCatalog
+from engine.distributed.shuffle import RESULT_TICKET_PREFIX
+from flight_server.generated import FlightSql_pb2 as sql
+from flight_server.protocol import pack
 from tests.conftest import adbc_connect
 from tests.cpu import assert_cpu_freed, process_tree, wait_busy
 from tests.flight_raw import bearer, grpc_status_of_query
@@ -265,3 +270,49 @@ def test_cancel_reaches_the_executor(cluster: RunningServer) -> None:
     assert re.search(r"cancel \S+: running", cluster.log())
     cur.close()
     conn.close()
+
+
+@pytest.fixture(scope="module")
+def direct_cluster(demo_warehouse: Path, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[RunningServer]:
+    args = ["--executors", "2", "--default-schema", "tpch", "--direct-results"]
+    with running_server(demo_warehouse, tmp_path_factory.mktemp("direct"), args,
+                        TOKEN) as server:
+        yield server
+
+
+def test_direct_results_come_from_the_executors(direct_cluster: RunningServer,
+                                                duck: duckdb.DuckDBPyConnection) -> None:
+    client = flight.connect(direct_cluster.uri)
+    descriptor = flight.FlightDescriptor.for_command(
+        pack(sql.CommandStatementQuery(query=JOIN_QUERY)))
+    info = client.get_flight_info(descriptor, bearer(TOKEN))
+    client.close()
+    locations = {loc.uri.decode() for e in info.endpoints for loc in e.locations}
+    assert locations and all(uri.startswith("grpc://127.0.0.1:") for uri in locations)
+    assert f":{direct_cluster.port}" not in " ".join(locations)  # not the coordinator
+    texts = tpch_queries(duck)
+    with adbc_connect(direct_cluster) as conn, conn.cursor() as cur:
+        for number in (1, 3, 13, 18):
+            cur.execute(texts[number])
+            got = cur.fetchall()
+            assert as_multiset(got) == as_multiset(duck.execute(texts[number]).fetchall())
+
+
+def test_executors_refuse_forged_and_unsigned_tickets(direct_cluster: RunningServer) -> None:
+    client = flight.connect(direct_cluster.uri)
+    descriptor = flight.FlightDescriptor.for_command(
+        pack(sql.CommandStatementQuery(query="SELECT count(*) FROM region")))
+    (endpoint,) = client.get_flight_info(descriptor, bearer(TOKEN)).endpoints
+    client.close()
+    executor = flight.connect(endpoint.locations[0].uri.decode())
+    assert executor.do_get(endpoint.ticket).read_all().column(0).to_pylist() == [5]
+    forged = endpoint.ticket.ticket[:-1] + (b"0" if endpoint.ticket.ticket[-1:] != b"0"
+                                            else b"1")
+    with pytest.raises(flight.FlightUnauthenticatedError, match="signature does not match"):
+        executor.do_get(flight.Ticket(forged)).read_all()
+    signed = endpoint.ticket.ticket.removeprefix(RESULT_TICKET_PREFIX)
+    key = json.loads(base64.urlsafe_b64decode(signed.rpartition(b".")[0]))["key"]
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        executor.do_get(flight.Ticket(key.encode())).read_all()  # no executor token
+    executor.close()

@@ -10,6 +10,9 @@ Only validated typed keys (a UUID job id and small integers) ever become paths.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import uuid
@@ -74,6 +77,37 @@ class ShuffleKey:
         if set(fields) != expected:
             raise BadShuffleKey(f"shuffle ticket needs exactly the fields {sorted(expected)}")
         return cls(**fields)
+
+
+RESULT_TICKET_PREFIX = b"krishiv-result:"
+
+
+def sign_result_ticket(key: ShuffleKey, secret: str, expires_at: float) -> bytes:
+    """A ticket a client may present to an executor for one result partition.
+
+    Clients do not hold the executor token, so the ticket itself is the permission: it is
+    signed with that token and expires.
+    """
+    body = base64.urlsafe_b64encode(json.dumps(
+        {"key": key.ticket().decode(), "expires": round(expires_at, 3)}).encode())
+    mac = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest().encode()
+    return RESULT_TICKET_PREFIX + body + b"." + mac
+
+
+def open_result_ticket(raw: bytes, secret: str, now: float) -> ShuffleKey:
+    """The shuffle key a signed result ticket grants; BadShuffleKey if forged or expired."""
+    body, _, mac = raw.removeprefix(RESULT_TICKET_PREFIX).rpartition(b".")
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest().encode()
+    if not hmac.compare_digest(mac, expected):
+        raise BadShuffleKey("result ticket signature does not match")
+    try:
+        fields = json.loads(base64.urlsafe_b64decode(body))
+        key, expires = str(fields["key"]).encode(), float(fields["expires"])
+    except (ValueError, KeyError, TypeError):
+        raise BadShuffleKey("result ticket is malformed") from None
+    if now > expires:
+        raise BadShuffleKey("result ticket has expired")
+    return ShuffleKey.from_ticket(key)
 
 
 def partition_ids(batch: pa.RecordBatch, keys: list[str], partitions: int) -> pa.Array:
