@@ -116,6 +116,26 @@ def test_shuffle_data_crosses_executors_over_flight(cluster: RunningServer,
     assert sum(rows for _, _, rows in crossed) > 0
 
 
+def test_split_scans_over_files_and_subqueries_see_whole_tables(cluster: RunningServer
+                                                                ) -> None:
+    with adbc_connect(cluster) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE public.split_t (k BIGINT, v BIGINT)")
+        for start in (0, 100, 200):  # three commits: three data files
+            cur.execute(f"INSERT INTO public.split_t SELECT value % 7, value "
+                        f"FROM generate_series({start}, {start + 99})")
+        cur.execute("EXPLAIN SELECT k, sum(v) FROM public.split_t GROUP BY k")
+        plan = dict(cur.fetchall())["distributed_plan"]
+        assert "3 task(s) [scan] reads public.split_t (3 file(s), split by file)" in plan
+        cur.execute("SELECT k, sum(v) FROM public.split_t GROUP BY k ORDER BY k")
+        expected = [(k, sum(v for v in range(300) if v % 7 == k)) for k in range(7)]
+        assert cur.fetchall() == expected
+        # Were the subquery's max taken per file, each task would keep its own top 10.
+        cur.execute("SELECT count(*) FROM public.split_t "
+                    "WHERE v > (SELECT max(v) FROM public.split_t) - 10")
+        assert cur.fetchall() == [(10,)]
+        cur.execute("DROP TABLE public.split_t")
+
+
 def test_not_in_keeps_null_semantics_and_explain_says_one_task(cluster: RunningServer
                                                                 ) -> None:
     with adbc_connect(cluster) as conn, conn.cursor() as cur:

@@ -49,6 +49,19 @@ def _work_dir(executor: RunningServer) -> Path:
     return Path(executor.log_path).parent / "work"
 
 
+def test_partition_ids_follow_row_order() -> None:
+    """Each row's id is the one it gets alone: a large batch is not reordered (with
+    several DataFusion partitions it was, and join rows went to the wrong reducers)."""
+    batch = _rows(200_000)
+    ids = partition_ids(batch, ["k"], 8).to_pylist()
+    for row in (0, 1, 96, 12_345, 199_999):
+        assert ids[row] == partition_ids(batch.slice(row, 1), ["k"], 8).to_pylist()[0]
+    by_key: dict[int, set[int]] = {}
+    for key, partition in zip(batch.column(0).to_pylist(), ids, strict=True):
+        by_key.setdefault(key, set()).add(partition)
+    assert all(len(partitions) == 1 for partitions in by_key.values())
+
+
 def test_partitions_are_the_same_in_another_process() -> None:
     batch = _rows(1000)
     here = partition_ids(batch, ["k"], 8).to_pylist()
