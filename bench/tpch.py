@@ -1,9 +1,12 @@
-"""TPC-H side by side: Krishiv embedded (ADBC), DataFusion in-process, DuckDB in-process.
+"""TPC-H side by side: Krishiv (ADBC), DataFusion in-process, DuckDB in-process.
 
-All engines read the same Parquet files (the Iceberg snapshot files Krishiv serves);
-every Krishiv answer is checked against DuckDB's. Warm runs; the median of `--runs`.
+Krishiv runs embedded, or with `--executors N` as a single-node cluster (the distributed
+path: stages, shuffles over Flight). All engines read the same Parquet files (the
+Iceberg snapshot files Krishiv serves); every Krishiv answer is checked against DuckDB's.
+Warm runs; the median of `--runs`.
 
     python -m bench.tpch --scale 1 [--runs 3] [--queries 1,3,6] [--warehouse DIR]
+                         [--executors 2 [--shuffle-partitions 4]]
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--queries", default="1-22")
     parser.add_argument("--warehouse", type=Path, default=None)
+    parser.add_argument("--executors", type=int, default=0)
+    parser.add_argument("--shuffle-partitions", type=int, default=4)
     args = parser.parse_args()
     numbers = _parse_queries(args.queries)
     warehouse = args.warehouse or Path(tempfile.mkdtemp(prefix="krishiv-bench-"))
@@ -66,16 +71,19 @@ def main() -> None:
     texts = tpch_queries(duck)
     ctx = _datafusion(catalog)
     port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "krishiv"), "serve", "--port", str(port),
-         "--warehouse", str(warehouse), "--default-schema", DEMO_NAMESPACE,
-         "--demo", "--demo-scale", f"{args.scale:g}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cluster = (["--executors", str(args.executors), "--shuffle-partitions",
+                str(args.shuffle_partitions)] if args.executors else [])
+    log_path = warehouse / "bench-server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "krishiv"), "serve", "--port", str(port),
+             "--warehouse", str(warehouse), "--default-schema", DEMO_NAMESPACE,
+             "--demo", "--demo-scale", f"{args.scale:g}", *cluster],
+            stdout=log, stderr=subprocess.STDOUT)
     try:
-        assert server.stdout is not None
-        for line in server.stdout:
-            if "serving Flight SQL" in line:
-                break
+        _wait_for_line(log_path, "serving Flight SQL", server)
+        if args.executors:
+            _wait_for_line(log_path, "joined at", server, args.executors)
         warnings.filterwarnings("ignore", message="Cannot disable autocommit")
         conn = flightsql.connect(f"grpc://127.0.0.1:{port}")
         cursor = conn.cursor()
@@ -86,7 +94,10 @@ def main() -> None:
                 return cursor.fetchall()
             return run
 
-        print(f"TPC-H SF {args.scale:g}, median of {args.runs} warm runs, seconds")
+        mode = (f"{args.executors} executors, {args.shuffle_partitions} shuffle partitions"
+                if args.executors else "embedded")
+        print(f"TPC-H SF {args.scale:g}, Krishiv {mode}, median of {args.runs} warm runs, "
+              "seconds")
         print(f"{'query':>5} {'krishiv':>9} {'datafusion':>11} {'duckdb':>8} "
               f"{'k/df':>6} {'k/duck':>7} answer")
         ratios_df, ratios_duck = [], []
@@ -109,6 +120,15 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _wait_for_line(path: Path, text: str, server: subprocess.Popen[bytes],
+                   count: int = 1) -> None:
+    deadline = time.monotonic() + 600
+    while path.read_text().count(text) < count:
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"server did not start; see {path}")
+        time.sleep(0.2)
 
 
 def _geomean(values: list[float]) -> float:

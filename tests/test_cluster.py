@@ -125,7 +125,7 @@ def test_split_scans_over_files_and_subqueries_see_whole_tables(cluster: Running
                         f"FROM generate_series({start}, {start + 99})")
         cur.execute("EXPLAIN SELECT k, sum(v) FROM public.split_t GROUP BY k")
         plan = dict(cur.fetchall())["distributed_plan"]
-        assert "3 task(s) [scan] reads public.split_t (3 file(s), split by file)" in plan
+        assert "3 task(s) [aggregate] reads public.split_t (3 file(s), split by file)" in plan
         cur.execute("SELECT k, sum(v) FROM public.split_t GROUP BY k ORDER BY k")
         expected = [(k, sum(v for v in range(300) if v % 7 == k)) for k in range(7)]
         assert cur.fetchall() == expected

@@ -54,6 +54,23 @@ def test_joins_and_group_bys_are_hash_exchanges(engine: SqlEngine) -> None:
         seen.add(stage.stage)
 
 
+def test_aggregates_run_in_two_phases(engine: SqlEngine) -> None:
+    """A partial aggregate before the exchange, the final one after it."""
+    grouped = _plan(engine, "SELECT l_returnflag, avg(l_quantity), count(*), "
+                            "sum(l_extendedprice) FROM lineitem GROUP BY l_returnflag")
+    partial, final, _ = grouped.stages
+    assert partial.scans and partial.summary == "aggregate"
+    assert partial.output.kind is ExchangeKind.HASH and partial.output.keys == (0,)
+    # avg travels as a sum and a count
+    assert [f.name for f in partial.schema] == ["c0", "c1", "c2", "c3", "c4"]
+    assert final.summary == "aggregate" and final.tasks == 4
+    ungrouped = _plan(engine, "SELECT count(*), max(v) FROM public.three_files")
+    assert [s.tasks for s in ungrouped.stages] == [3, 1]
+    # median cannot be split: the rows themselves are shuffled.
+    first = _plan(engine, "SELECT k, median(v) FROM public.three_files GROUP BY k").stages[0]
+    assert first.summary == "scan" and first.output.kind is ExchangeKind.HASH
+
+
 def test_top_k_runs_in_every_upstream_task(engine: SqlEngine) -> None:
     plan = _plan(engine, "SELECT l_orderkey, sum(l_quantity) AS q FROM lineitem "
                          "GROUP BY l_orderkey ORDER BY q DESC LIMIT 3")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 from datafusion import SessionContext
@@ -234,12 +235,140 @@ def _visit_aggregate(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, 
     aggregate = rel.aggregate
     child, dist = _visit(cut, aggregate.input)
     keys = _group_keys(aggregate)
+    ungrouped = not aggregate.grouping_expressions and len(aggregate.groupings) <= 1
+    if (ungrouped and dist.tasks > 1) or (keys is not None and dist.keys != keys):
+        split = _two_phase(cut, rel, child, dist, len(keys or ()))
+        if split is not None:
+            return split
     if keys is None:  # ungrouped, or grouping sets, or keys that are expressions
         aggregate.input.CopyFrom(_gather(cut, child, dist))
         return rel, _SINGLE
     aggregate.input.CopyFrom(_hash(cut, child, dist, keys))
     group_columns = tuple(range(len(aggregate.grouping_expressions)))
     return rel, _Dist(cut.partitions, _remap_keys(group_columns, aggregate.common))
+
+
+# -- two-phase aggregation --------------------------------------------------------------
+_DECOMPOSABLE = {"sum", "count", "min", "max", "avg"}
+_FINAL_OF = {"sum": "sum", "count": "sum", "min": "min", "max": "max"}
+
+
+def _two_phase(cut: _Cut, rel: algebra_pb2.Rel, child: algebra_pb2.Rel, dist: _Dist,
+               key_count: int) -> tuple[algebra_pb2.Rel, _Dist] | None:
+    """A partial aggregate in the upstream tasks and a final one after the exchange.
+
+    Partial results are fewer rows to shuffle. Final sums of partial sums have wider
+    decimal types than the original, so the final values are cast back to the original
+    output types (avg becomes sum / count, cast likewise). None if a measure cannot be
+    split (DISTINCT, FILTER, ordered or other functions).
+    """
+    aggregate = rel.aggregate
+    names = [cut.functions.get(m.measure.function_reference, "") for m in aggregate.measures]
+    if any(n not in _DECOMPOSABLE or m.HasField("filter") or m.measure.sorts
+           or m.measure.invocation == algebra_pb2.AggregateFunction.AGGREGATION_INVOCATION_DISTINCT
+           for n, m in zip(names, aggregate.measures, strict=True)):
+        return None
+    original = algebra_pb2.Rel()
+    original.aggregate.CopyFrom(aggregate)
+    original.aggregate.input.CopyFrom(child)
+    original.aggregate.ClearField("common")
+    output_types = _substrait_types(cut, _schema_of(cut, _stage_plan(cut.plan, original, None)))
+
+    partial = algebra_pb2.Rel()
+    partial.CopyFrom(original)
+    del partial.aggregate.measures[:]
+    finals: list[tuple[str, list[int]]] = []  # per original measure: how, partial columns
+    for name, measure in zip(names, aggregate.measures, strict=True):
+        parts = ["sum", "count"] if name == "avg" else [name]
+        columns = []
+        for part in parts:
+            copied = partial.aggregate.measures.add()
+            copied.CopyFrom(measure)
+            copied.measure.function_reference = _anchor(cut, part)
+            columns.append(key_count + len(partial.aggregate.measures) - 1)
+        finals.append((name, columns))
+
+    exchanged = (_hash(cut, partial, dist, tuple(range(key_count))) if key_count
+                 else _gather(cut, partial, dist))
+    final = algebra_pb2.Rel()
+    final.aggregate.input.CopyFrom(exchanged)
+    for column in range(key_count):
+        final.aggregate.grouping_expressions.add().CopyFrom(_field(column))
+    if aggregate.groupings:
+        final.aggregate.groupings.add().expression_references.extend(range(key_count))
+    final_columns = []  # per original measure: the final aggregate's columns
+    for name, columns in finals:
+        mine = []
+        for column, part in zip(columns, ["sum", "count"] if name == "avg" else [name],
+                                strict=True):
+            measure = final.aggregate.measures.add().measure
+            measure.function_reference = _anchor(cut, _FINAL_OF[part])
+            measure.invocation = algebra_pb2.AggregateFunction.AGGREGATION_INVOCATION_ALL
+            measure.arguments.add().value.CopyFrom(_field(column))
+            mine.append(key_count + len(final.aggregate.measures) - 1)
+        final_columns.append(mine)
+
+    project = algebra_pb2.Rel()
+    project.project.input.CopyFrom(final)
+    width = key_count + len(final.aggregate.measures)
+    for index, ((name, _), columns) in enumerate(zip(finals, final_columns, strict=True)):
+        value = _field(columns[0])
+        if name == "avg":
+            value = _call(cut, "divide", [_field(columns[0]), _field(columns[1])])
+        cast = project.project.expressions.add().cast
+        cast.type.CopyFrom(output_types[key_count + index])
+        cast.input.CopyFrom(value)
+        cast.failure_behavior = algebra_pb2.Expression.Cast.FAILURE_BEHAVIOR_THROW_EXCEPTION
+    natural = list(range(key_count)) + [width + i for i in range(len(finals))]
+    mapping = (list(aggregate.common.emit.output_mapping) if aggregate.common.HasField("emit")
+               else list(range(len(natural))))
+    project.project.common.emit.output_mapping.extend(natural[i] for i in mapping)
+    if not key_count:
+        return project, _SINGLE
+    return project, _Dist(cut.partitions, _remap_keys(tuple(range(key_count)),
+                                                      aggregate.common))
+
+
+def _field(column: int) -> algebra_pb2.Expression:
+    expression = algebra_pb2.Expression()
+    expression.selection.direct_reference.struct_field.field = column
+    expression.selection.root_reference.SetInParent()
+    return expression
+
+
+def _call(cut: _Cut, name: str, arguments: list[algebra_pb2.Expression]
+          ) -> algebra_pb2.Expression:
+    expression = algebra_pb2.Expression()
+    function = expression.scalar_function
+    function.function_reference = _anchor(cut, name)
+    for argument in arguments:
+        function.arguments.add().value.CopyFrom(argument)
+    return expression
+
+
+def _anchor(cut: _Cut, name: str) -> int:
+    """The plan's anchor for function `name`, declared now if the plan has none."""
+    for anchor, known in cut.functions.items():
+        if known == name:
+            return anchor
+    template = next(e.extension_function for e in cut.plan.extensions
+                    if e.HasField("extension_function"))
+    anchor = max(cut.functions, default=0) + 1
+    declared = cut.plan.extensions.add().extension_function
+    declared.CopyFrom(template)
+    declared.function_anchor = anchor
+    declared.name = name
+    cut.functions[anchor] = name
+    return anchor
+
+
+def _substrait_types(cut: _Cut, schema: pa.Schema) -> list[Any]:
+    """Substrait types of `schema`'s columns, as DataFusion writes them."""
+    name = f"__types_{len(cut.stages)}_{len(schema)}_{id(schema)}"
+    nullable = pa.schema([pa.field(f"c{i}", f.type) for i, f in enumerate(schema)])
+    cut.ctx.register_table(name, cut.table_from(nullable))
+    read = _read_of(cut, name).read
+    return list(read.base_schema.struct.types)
 
 
 def _visit_join(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, _Dist]:
