@@ -31,6 +31,7 @@ class TableScan:
     version: str
     data_files: tuple[str, ...] = ()
     arrow: pa.Table | None = None
+    data_file_bytes: tuple[int, ...] = ()  # sizes of `data_files`, where known
 
 
 class Catalog(ABC):

@@ -120,7 +120,8 @@ class IcebergCatalog(Catalog):
             # Only pyiceberg's reader applies delete files; never return deleted rows.
             return TableScan(ident, schema, version, arrow=table.scan().to_arrow())
         files = tuple(local_path(task.file.file_path) for task in tasks)
-        return TableScan(ident, schema, version, data_files=files)
+        sizes = tuple(int(task.file.file_size_in_bytes) for task in tasks)
+        return TableScan(ident, schema, version, data_files=files, data_file_bytes=sizes)
 
     def create_table(self, ident: TableIdent, schema: pa.Schema) -> None:
         with _typed_errors():

@@ -79,6 +79,10 @@ def main() -> None:
 @click.option("--shuffle-partitions", envvar="KRISHIV_SHUFFLE_PARTITIONS", default=4,
               show_default=True, type=click.IntRange(min=1, max=256),
               help="Partitions of each hash exchange (tasks of each join or group-by stage).")
+@click.option("--broadcast-limit", envvar="KRISHIV_BROADCAST_LIMIT", default="10M",
+              show_default=True,
+              help="A join input reading at most this many bytes of files is sent whole to "
+                   "every task of the other input instead of shuffling both (0: never).")
 @click.option("--direct-results", is_flag=True, envvar="KRISHIV_DIRECT_RESULTS",
               help="Clients fetch query results from the executors (FlightInfo endpoints "
                    "with signed tickets) instead of through this server.")
@@ -109,7 +113,7 @@ def serve(
     catalog_properties: tuple[str, ...], demo: bool, demo_scale: float, default_schema: str,
     memory_limit: str | None, query_timeout: float | None, executors: int,
     heartbeat_timeout: float, executor_grace: float, shuffle_partitions: int,
-    direct_results: bool, max_concurrent_queries: int,
+    broadcast_limit: str, direct_results: bool, max_concurrent_queries: int,
     max_queued_queries: int, max_upload: str,
     tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
     tokens: tuple[str, ...],
@@ -131,6 +135,7 @@ def serve(
             distributed=distributed or executors > 0,
             heartbeat_timeout_s=heartbeat_timeout, no_executor_grace_s=executor_grace,
             shuffle_partitions=shuffle_partitions, direct_results=direct_results,
+            broadcast_limit_bytes=parse_size(broadcast_limit, allow_zero=True),
             auth=_with_executor_token(auth_config(environ(), tokens, token_file, None,
                                                   users_file), executors),
             engine=EngineConfig(
@@ -291,6 +296,7 @@ def run_server(config: ServerConfig) -> None:
                         no_executor_grace_s=config.no_executor_grace_s)
     cluster = (CoordinatorService(config.auth.executor_token, settings, engine=engine,
                                   partitions=config.shuffle_partitions,
+                                  broadcast_limit=config.broadcast_limit_bytes,
                                   direct_results=config.direct_results)
                if config.distributed else None)
     handler = FlightSqlHandler(engine, config.max_upload_bytes, cluster,

@@ -189,8 +189,10 @@ class CoordinatorService:
 
     def __init__(self, executor_token: str | None, settings: Settings | None = None,
                  tick_s: float = 0.5, engine: SqlEngine | None = None,
-                 partitions: int = 4, direct_results: bool = False) -> None:
+                 partitions: int = 4, broadcast_limit: int = 0,
+                 direct_results: bool = False) -> None:
         self._token = executor_token
+        self._broadcast_limit = broadcast_limit
         self.direct_results = direct_results
         self._engine = engine
         self._partitions = partitions
@@ -343,7 +345,8 @@ class CoordinatorService:
             return None, "this coordinator has no stage planner"
         try:
             stage_plan = plan_distributed(self._engine, text, query.default_schema,
-                                          query.parameters, self._partitions)
+                                          query.parameters, self._partitions,
+                                          self._broadcast_limit)
         except EngineError as exc:
             return None, str(exc)
         *stages, result = stage_plan.stages

@@ -53,6 +53,7 @@ class ServerConfig:
     no_executor_grace_s: float = 30.0  # queries fail after this long with no executor
     shuffle_partitions: int = 4  # partitions of each hash exchange
     direct_results: bool = False  # clients fetch results from the executors
+    broadcast_limit_bytes: int = 10 * 1024 * 1024  # smaller join inputs are broadcast
     auth: AuthConfig = field(default_factory=AuthConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -153,7 +154,7 @@ def auth_config(
     )
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, allow_zero: bool = False) -> int:
     """A byte count such as `512M`, `2G` or `1048576`."""
     units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
     cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -164,7 +165,7 @@ def parse_size(text: str) -> int:
         value = float(number)
     except ValueError:
         raise ConfigError(f"not a size: {text!r} (use e.g. 512M or 2G)") from None
-    if value <= 0:
+    if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"size must be positive: {text!r}")
     return int(value * units[unit])
 

@@ -31,8 +31,9 @@ def engine(demo_warehouse: Path, tmp_path_factory: pytest.TempPathFactory
     running.close()
 
 
-def _plan(engine: SqlEngine, text: str, partitions: int = 4) -> StagePlan:
-    return plan_distributed(engine, text, "tpch", None, partitions)
+def _plan(engine: SqlEngine, text: str, partitions: int = 4, broadcast_limit: int = 0
+          ) -> StagePlan:
+    return plan_distributed(engine, text, "tpch", None, partitions, broadcast_limit)
 
 
 def test_joins_and_group_bys_are_hash_exchanges(engine: SqlEngine) -> None:
@@ -69,6 +70,25 @@ def test_aggregates_run_in_two_phases(engine: SqlEngine) -> None:
     # median cannot be split: the rows themselves are shuffled.
     first = _plan(engine, "SELECT k, median(v) FROM public.three_files GROUP BY k").stages[0]
     assert first.summary == "scan" and first.output.kind is ExchangeKind.HASH
+
+
+def test_small_join_inputs_are_broadcast(engine: SqlEngine) -> None:
+    text = ("SELECT n_name, sum(v) FROM public.three_files JOIN nation ON k = n_nationkey "
+            "GROUP BY n_name")
+    shuffled = _plan(engine, text)
+    assert sum(s.output.kind is ExchangeKind.HASH for s in shuffled.stages) == 3
+    broadcast = _plan(engine, text, broadcast_limit=10 << 20)
+    first = broadcast.stages[0]
+    # The three_files tasks each read all of nation and join it there: no shuffle of
+    # either input, only the (partial) aggregate's.
+    assert first.tasks == 3 and "join" in first.summary
+    assert sorted((s.table, s.split) for s in first.scans) == [
+        ("public.three_files", True), ("tpch.nation", False)]
+    assert sum(s.output.kind is ExchangeKind.HASH for s in broadcast.stages) == 1
+    # A full outer join cannot broadcast either side.
+    outer = _plan(engine, "SELECT count(*) FROM public.three_files FULL JOIN nation "
+                          "ON k = n_nationkey", broadcast_limit=10 << 20)
+    assert sum(s.output.kind is ExchangeKind.HASH for s in outer.stages) == 2
 
 
 def test_top_k_runs_in_every_upstream_task(engine: SqlEngine) -> None:

@@ -54,6 +54,7 @@ class ScanSpec:
     files: tuple[str, ...]
     schema: pa.Schema
     split: bool  # task i of n reads files[i::n]; otherwise every task reads all
+    bytes: int | None = None  # the files' total size, where known
 
     def files_for(self, task: int, tasks: int) -> tuple[str, ...]:
         return self.files[task::tasks] if self.split else self.files
@@ -128,6 +129,7 @@ class TableFiles:
     table: str
     files: tuple[str, ...]
     schema: pa.Schema
+    bytes: int | None = None
 
 
 @dataclass
@@ -138,6 +140,7 @@ class _Cut:
     partitions: int
     functions: dict[int, str]
     table_from: Callable[[pa.Schema], Table]
+    broadcast_limit: int
     stages: list[StageDef] = field(default_factory=list)
     scans: dict[str, ScanSpec] = field(default_factory=dict)
 
@@ -148,18 +151,20 @@ def plan_stages(
     tables: Callable[[list[str]], TableFiles],
     partitions: int,
     table_from: Callable[[pa.Schema], Table],
+    broadcast_limit: int = 0,
 ) -> StagePlan:
     """Cut the Substrait `plan_bytes` into stages of at most `partitions` tasks.
 
     `tables` maps a Substrait table name to its snapshot files; `ctx` is a scratch
-    context where the cut registers tables made by `table_from` to learn schemas.
+    context where the cut registers tables made by `table_from` to learn schemas. A join
+    input that reads at most `broadcast_limit` bytes of files is broadcast.
     """
     plan = plan_pb2.Plan.FromString(plan_bytes)
     functions = {
         ext.extension_function.function_anchor: ext.extension_function.name.split(":")[0]
         for ext in plan.extensions if ext.HasField("extension_function")
     }
-    cut = _Cut(plan, ctx, tables, partitions, functions, table_from)
+    cut = _Cut(plan, ctx, tables, partitions, functions, table_from, broadcast_limit)
     root = plan.relations[0].root
     for rel in [m for m in _messages(root.input) if isinstance(m, algebra_pb2.Rel)]:
         if rel.WhichOneof("rel_type") == "read" and rel.read.HasField("filter"):
@@ -381,9 +386,63 @@ def _visit_join(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, _Dist
         join.left.CopyFrom(_gather(cut, left, left_dist))
         join.right.CopyFrom(_gather(cut, right, right_dist))
         return rel, _SINGLE
+    broadcast = _broadcast_side(cut, join.type, left, right)
+    if broadcast == "right":
+        join.left.CopyFrom(left)
+        join.right.CopyFrom(_whole(cut, right, right_dist))
+        return rel, _Dist(left_dist.tasks, left_dist.keys)
+    if broadcast == "left":
+        join.left.CopyFrom(_whole(cut, left, left_dist))
+        join.right.CopyFrom(right)
+        keys = right_dist.keys
+        if keys is not None and join.type not in _RIGHT_ONLY_OUTPUT:
+            keys = tuple(k + left_width for k in keys)
+        return rel, _Dist(right_dist.tasks, _remap_keys(keys, join.common))
     join.left.CopyFrom(_hash(cut, left, left_dist, tuple(p[0] for p in pairs)))
     join.right.CopyFrom(_hash(cut, right, right_dist, tuple(p[1] for p in pairs)))
     return rel, _Dist(cut.partitions)
+
+
+# -- broadcast joins --------------------------------------------------------------------
+_J = algebra_pb2.JoinRel
+# Join types whose rows of one side never depend on rows of the other side beyond
+# matches: that other side may be broadcast whole to every task of this side.
+_BROADCAST_RIGHT = {_J.JOIN_TYPE_INNER, _J.JOIN_TYPE_LEFT, _J.JOIN_TYPE_LEFT_SEMI,
+                    _J.JOIN_TYPE_LEFT_ANTI, _J.JOIN_TYPE_LEFT_MARK}
+_BROADCAST_LEFT = {_J.JOIN_TYPE_INNER, _J.JOIN_TYPE_RIGHT, _J.JOIN_TYPE_RIGHT_SEMI,
+                   _J.JOIN_TYPE_RIGHT_ANTI, _J.JOIN_TYPE_RIGHT_MARK}
+_RIGHT_ONLY_OUTPUT = {_J.JOIN_TYPE_RIGHT_SEMI, _J.JOIN_TYPE_RIGHT_ANTI}
+
+
+def _broadcast_side(cut: _Cut, join_type: int, left: algebra_pb2.Rel, right: algebra_pb2.Rel
+                    ) -> str | None:
+    """"left" or "right" when that input is small enough to send whole to every task."""
+    sizes = {"left": _input_bytes(cut, left), "right": _input_bytes(cut, right)}
+    allowed = [side for side, types in (("right", _BROADCAST_RIGHT), ("left", _BROADCAST_LEFT))
+               if join_type in types]
+    small = [side for side in allowed
+             if (size := sizes[side]) is not None and size <= cut.broadcast_limit]
+    return min(small, key=lambda side: sizes[side] or 0) if small else None
+
+
+def _input_bytes(cut: _Cut, rel: algebra_pb2.Rel) -> int | None:
+    """The bytes of files `rel` reads; None if unknown or it reads another stage."""
+    total = 0
+    for message in _messages(rel):
+        if isinstance(message, algebra_pb2.ReadRel) and message.HasField("named_table"):
+            scan = cut.scans.get(message.named_table.names[-1])
+            if scan is None or scan.bytes is None:
+                return None
+            total += scan.bytes
+    return total
+
+
+def _whole(cut: _Cut, rel: algebra_pb2.Rel, dist: _Dist) -> algebra_pb2.Rel:
+    """`rel` for every task of another stage: computed in each of them if it is one task
+    over whole tables, else gathered once into one partition that every task reads."""
+    if dist.tasks == 1:
+        return rel
+    return _exchange(cut, rel, dist, Exchange(ExchangeKind.GATHER, 1))
 
 
 # -- exchanges --------------------------------------------------------------------------
@@ -485,7 +544,7 @@ def _bind_read(cut: _Cut, read: algebra_pb2.ReadRel, split: bool) -> None:
     found = cut.tables(list(read.named_table.names))
     name = f"__scan_{len(cut.scans) + 1}"
     cut.scans[name] = ScanSpec(name, found.table, found.files, found.schema,
-                               split and len(found.files) > 1)
+                               split and len(found.files) > 1, found.bytes)
     read.named_table.names[:] = [name]
     cut.ctx.register_table(name, cut.table_from(found.schema))
 

@@ -30,7 +30,8 @@ class NotDistributable(EngineError):
 
 
 def plan_distributed(engine: SqlEngine, text: str, default_schema: str,
-                     parameters: pa.RecordBatch | None, partitions: int) -> StagePlan:
+                     parameters: pa.RecordBatch | None, partitions: int,
+                     broadcast_limit: int = 0) -> StagePlan:
     """The query `text` cut into stages over the current snapshots of its tables."""
     found = _snapshot_files(engine, text, default_schema)
     config = engine.config
@@ -59,7 +60,8 @@ def plan_distributed(engine: SqlEngine, text: str, default_schema: str,
         return Table(ds.dataset(schema.empty_table()))
 
     try:
-        return plan_stages(substrait, base_context(config), tables, partitions, empty_table)
+        return plan_stages(substrait, base_context(config), tables, partitions, empty_table,
+                           broadcast_limit)
     except NotDistributable:
         raise
     except Exception as exc:
@@ -74,9 +76,12 @@ def _snapshot_files(engine: SqlEngine, text: str, default_schema: str
             scan = engine.catalog.scan(ident)
         except (TableNotFound, NamespaceNotFound):
             continue  # planning reports it
-        if scan.arrow is not None:
+        if scan.arrow is not None and (scan.arrow.num_rows or scan.data_files):
             raise NotDistributable(f"table {ident} has row-level deletes")
-        found[ident] = TableFiles(str(ident), tuple(scan.data_files), plain_schema(scan.schema))
+        size = sum(scan.data_file_bytes) if len(scan.data_file_bytes) == len(
+            scan.data_files) else None
+        found[ident] = TableFiles(str(ident), tuple(scan.data_files), plain_schema(scan.schema),
+                                  size)
     return found
 
 
