@@ -81,8 +81,8 @@ class TableCache:
             if cached is not None and cached[0] == scan.version:
                 return cached[1]
         schema = plain_schema(scan.schema)
-        if scan.arrow is not None or not scan.data_files:
-            return self._build(scan)
+        if scan.arrow is not None:
+            return Table(ds.dataset(scan.arrow.cast(schema)))
         return Table(ds.dataset(list(scan.data_files), schema=schema, format="parquet"))
 
     def memory_table(self, rows: pa.Table) -> Table:
@@ -126,8 +126,10 @@ class _NamespaceSchema(SchemaProvider):
         self._namespace = namespace
         self._resolved = resolved
 
-    def table_names(self) -> set[str]:
-        return set(self._tables.catalog.list_tables(self._namespace))
+    # datafusion-python reads `table_names` as an attribute holding a list, not a call.
+    @property
+    def table_names(self) -> list[str]:  # type: ignore[override]
+        return sorted(self._tables.catalog.list_tables(self._namespace))
 
     def table(self, name: str) -> Table | None:
         ident = TableIdent(self._namespace, name)

@@ -1,10 +1,10 @@
-"""Runs DataFusion result streams under a deadline and a cancel check.
+"""Runs DataFusion result streams in this process under a deadline and a cancel check.
 
-A waiting client is released at once on timeout or cancel: the stream is abandoned and
-the query's slot freed. The batch DataFusion is computing at that moment is not
-interrupted (measured: the Rust work of an abandoned `__anext__` runs to its end, and
-datafusion-python checks for interrupts only on the main thread), so an aggregate over a
-huge input keeps a core busy until it finishes.
+Only for plans that cannot be shipped to a query worker (engine.workers): scans of
+tables met first while planning, which read through pyarrow datasets. A waiting client
+is released at once on timeout or cancel and the query's slot freed, but the batch
+DataFusion is computing runs on to its end (datafusion-python checks for interrupts only
+on the main thread, and an abandoned `__anext__` keeps running).
 """
 
 from __future__ import annotations

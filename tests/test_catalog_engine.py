@@ -78,3 +78,14 @@ def test_queries_see_each_new_version(engine: SqlEngine) -> None:
 def test_unknown_table_is_typed(engine: SqlEngine) -> None:
     with pytest.raises(ObjectNotFound, match="nothing"):
         engine.session().plan("SELECT * FROM public.nothing")
+
+
+def test_information_schema_lists_catalog_tables(engine: SqlEngine) -> None:
+    engine.catalog.create_table(TableIdent("public", "items"), ROWS.schema)
+    tables = _rows(engine, "SELECT table_catalog, table_schema, table_name "
+                           "FROM information_schema.tables WHERE table_schema = 'public'")
+    assert tables == [{"table_catalog": "krishiv", "table_schema": "public",
+                       "table_name": "items"}]
+    columns = _rows(engine, "SELECT column_name FROM information_schema.columns "
+                            "WHERE table_name = 'items' ORDER BY ordinal_position")
+    assert [c["column_name"] for c in columns] == ["id", "name"]
