@@ -1,18 +1,21 @@
 """TPC-H side by side: Krishiv (ADBC), DataFusion in-process, DuckDB in-process.
 
 Krishiv runs embedded, or with `--executors N` as a single-node cluster (the distributed
-path: stages, shuffles over Flight). All engines read the same Parquet files (the
-Iceberg snapshot files Krishiv serves); every Krishiv answer is checked against DuckDB's.
-Warm runs; the median of `--runs`.
+path: stages, shuffles over Flight), or with `--separate` as a coordinator and N executor
+processes started one by one as the README's distributed mode does. All engines read the
+same Parquet files (the Iceberg snapshot files Krishiv serves); every Krishiv answer is
+checked against DuckDB's. Warm runs; the median of `--runs`.
 
     python -m bench.tpch --scale 1 [--runs 3] [--queries 1,3,6] [--warehouse DIR]
-                         [--executors 2 [--shuffle-partitions 4]]
+                         [--executors 2 [--separate] [--shuffle-partitions 4]]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -62,6 +65,9 @@ def main() -> None:
     parser.add_argument("--warehouse", type=Path, default=None)
     parser.add_argument("--executors", type=int, default=0)
     parser.add_argument("--shuffle-partitions", type=int, default=4)
+    parser.add_argument("--separate", action="store_true",
+                        help="start `krishiv coordinator` and `krishiv executor` processes "
+                             "(distributed mode) instead of `krishiv serve --executors N`")
     args = parser.parse_args()
     numbers = _parse_queries(args.queries)
     warehouse = args.warehouse or Path(tempfile.mkdtemp(prefix="krishiv-bench-"))
@@ -71,19 +77,9 @@ def main() -> None:
     texts = tpch_queries(duck)
     ctx = _datafusion(catalog)
     port = free_port()
-    cluster = (["--executors", str(args.executors), "--shuffle-partitions",
-                str(args.shuffle_partitions)] if args.executors else [])
     log_path = warehouse / "bench-server.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "krishiv"), "serve", "--port", str(port),
-             "--warehouse", str(warehouse), "--default-schema", DEMO_NAMESPACE,
-             "--demo", "--demo-scale", f"{args.scale:g}", *cluster],
-            stdout=log, stderr=subprocess.STDOUT)
+    processes = _start_krishiv(args, warehouse, port, log_path)
     try:
-        _wait_for_line(log_path, "serving Flight SQL", server)
-        if args.executors:
-            _wait_for_line(log_path, "joined at", server, args.executors)
         warnings.filterwarnings("ignore", message="Cannot disable autocommit")
         conn = flightsql.connect(f"grpc://127.0.0.1:{port}")
         cursor = conn.cursor()
@@ -94,8 +90,11 @@ def main() -> None:
                 return cursor.fetchall()
             return run
 
-        mode = (f"{args.executors} executors, {args.shuffle_partitions} shuffle partitions"
-                if args.executors else "embedded")
+        mode = "embedded"
+        if args.executors:
+            how = "started by hand" if args.separate else "of `serve --executors`"
+            mode = (f"coordinator + {args.executors} executors {how}, "
+                    f"{args.shuffle_partitions} shuffle partitions")
         print(f"TPC-H SF {args.scale:g}, Krishiv {mode}, median of {args.runs} warm runs, "
               "seconds")
         print(f"{'query':>5} {'krishiv':>9} {'datafusion':>11} {'duckdb':>8} "
@@ -118,8 +117,38 @@ def main() -> None:
         cursor.close()
         conn.close()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def _start_krishiv(args: argparse.Namespace, warehouse: Path, port: int, log_path: Path
+                   ) -> list[subprocess.Popen[bytes]]:
+    """The server (and executors) as the chosen mode runs them, ready for queries."""
+    krishiv = str(Path(sys.executable).parent / "krishiv")
+    common = ["--port", str(port), "--warehouse", str(warehouse), "--default-schema",
+              DEMO_NAMESPACE, "--demo", "--demo-scale", f"{args.scale:g}"]
+    cluster = ["--shuffle-partitions", str(args.shuffle_partitions)]
+    env = {**os.environ, "KRISHIV_EXECUTOR_TASK_BEARER_TOKEN": secrets.token_urlsafe(16)}
+    if not args.executors:
+        commands = [[krishiv, "serve", *common]]
+    elif not args.separate:
+        commands = [[krishiv, "serve", *common, *cluster, "--executors", str(args.executors)]]
+    else:
+        commands = [[krishiv, "coordinator", *common, *cluster]] + [
+            [krishiv, "executor", "--coordinator", f"grpc://127.0.0.1:{port}", "--port", "0",
+             "--warehouse", str(warehouse), "--work-dir", str(warehouse / f"executor-{i}")]
+            for i in range(args.executors)]
+    processes: list[subprocess.Popen[bytes]] = []
+    with open(log_path, "w") as log:
+        for number, command in enumerate(commands):
+            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                              env=env))
+            if number == 0:
+                _wait_for_line(log_path, "serving Flight SQL", processes[0])
+    if args.executors:
+        _wait_for_line(log_path, "joined at", processes[0], args.executors)
+    return processes
 
 
 def _wait_for_line(path: Path, text: str, server: subprocess.Popen[bytes],

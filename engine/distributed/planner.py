@@ -36,6 +36,7 @@ _SINGLE_INPUT = ("filter", "fetch", "sort", "project")
 class ExchangeKind(enum.Enum):
     HASH = "hash"  # rows go to partition pmod(xxhash64(keys), partitions)
     GATHER = "gather"  # every row to partition 0, read by a single task
+    BROADCAST = "broadcast"  # every row to partition 0, read whole by every task
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class StagePlan:
             elif stage.output.kind is ExchangeKind.HASH:
                 keys = ", ".join(f"c{k}" for k in stage.output.keys)
                 target = f"hash({keys}) into {stage.output.partitions} partitions"
+            elif stage.output.kind is ExchangeKind.BROADCAST:
+                target = "broadcast to every task of the reading stage"
             else:
                 target = "gather into 1 partition"
             reads = ", ".join([f"stage {i}" for i in stage.inputs]
@@ -442,7 +445,7 @@ def _whole(cut: _Cut, rel: algebra_pb2.Rel, dist: _Dist) -> algebra_pb2.Rel:
     over whole tables, else gathered once into one partition that every task reads."""
     if dist.tasks == 1:
         return rel
-    return _exchange(cut, rel, dist, Exchange(ExchangeKind.GATHER, 1))
+    return _exchange(cut, rel, dist, Exchange(ExchangeKind.BROADCAST, 1))
 
 
 # -- exchanges --------------------------------------------------------------------------
