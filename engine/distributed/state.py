@@ -140,6 +140,7 @@ Action = LaunchTask | CancelTask | JobFinished
 
 
 # -- state ------------------------------------------------------------------------------
+_ENDED_KEPT = 10_000  # ended jobs whose final state is remembered
 def _first() -> Attempt:
     return Attempt(0)
 
@@ -201,12 +202,40 @@ class Coordinator:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.metrics = Metrics()
-        self._jobs: dict[JobId, _Job] = {}
+        self._jobs: dict[JobId, _Job] = {}  # running jobs
+        self._ended: dict[JobId, JobState] = {}
         self._executors: dict[ExecutorId, _Executor] = {}
         self._no_executor_since: float | None = None
 
     def job_state(self, job: JobId) -> JobState:
-        return self._jobs[job].state
+        running = self._jobs.get(job)
+        return running.state if running is not None else self._ended[job]
+
+    def executors(self) -> frozenset[ExecutorId]:
+        return frozenset(self._executors)
+
+    def validate_state(self) -> None:
+        """Raise AssertionError if the bookkeeping is inconsistent (run after every event
+        in tests)."""
+        running: dict[ExecutorId, int] = dict.fromkeys(self._executors, 0)
+        for job in self._jobs.values():
+            assert job.state is JobState.RUNNING, f"job {job.id}: ended but not retired"
+            assert job.id not in self._ended, f"job {job.id}: both running and ended"
+            for stage in job.stages.values():
+                for task in stage.tasks:
+                    where = f"job {job.id} stage {stage.spec.stage} task {task.partition}"
+                    if task.state is TaskState.PENDING:
+                        assert task.executor is None, f"{where}: pending but placed"
+                        continue
+                    assert task.executor in self._executors, (
+                        f"{where}: {task.state.value} on unknown executor {task.executor}")
+                    if task.state is TaskState.RUNNING:
+                        running[task.executor] += 1
+                    assert task.done_in <= stage.attempt, f"{where}: output from the future"
+        for executor, state in self._executors.items():
+            assert state.running == running[executor], (
+                f"executor {executor}: counts {state.running} running, has {running[executor]}")
+            assert 0 <= state.running <= state.slots, f"executor {executor}: over its slots"
 
     def handle(self, event: Event) -> list[Action]:
         actions: list[Action] = []
@@ -276,6 +305,7 @@ class Coordinator:
         if final.complete():
             job.state = JobState.SUCCEEDED
             actions.append(JobFinished(job.id, JobState.SUCCEEDED, results=final.outputs()))
+            self._retire(job)
 
     def _failed(self, attempt: TaskAttempt, executor: ExecutorId, reason: str, fatal: bool,
                 actions: list[Action]) -> None:
@@ -359,8 +389,16 @@ class Coordinator:
                     self._free(task.executor)
                     task.state = TaskState.PENDING
         actions.append(JobFinished(job.id, state, reason))
+        self._retire(job)
 
     # -- helpers ----------------------------------------------------------------------
+    def _retire(self, job: _Job) -> None:
+        """Forget an ended job but its end state; reports about it are fenced off."""
+        del self._jobs[job.id]
+        self._ended[job.id] = job.state
+        while len(self._ended) > _ENDED_KEPT:
+            del self._ended[next(iter(self._ended))]
+
     def _requeue(self, task: _Task) -> None:
         if task.state is TaskState.RUNNING and task.executor is not None:
             self._free(task.executor)
