@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -17,6 +18,7 @@ import click
 from catalog import Catalog, IcebergCatalog
 from engine import EngineConfig, SqlEngine
 from engine.demo import DemoDataError, load_tpch_demo
+from engine.distributed.shuffle import sweep_work_dir
 from engine.distributed.state import Settings
 from flight_server.auth import Authenticator
 from flight_server.cluster import CoordinatorService, ExecutorAgent
@@ -26,6 +28,7 @@ from flight_server.config import (
     ServerConfig,
     auth_config,
     environ,
+    fault_config,
     is_loopback,
     parse_size,
 )
@@ -136,6 +139,7 @@ def serve(
             heartbeat_timeout_s=heartbeat_timeout, no_executor_grace_s=executor_grace,
             shuffle_partitions=shuffle_partitions, direct_results=direct_results,
             broadcast_limit_bytes=parse_size(broadcast_limit, allow_zero=True),
+            validate_state=environ().get("KRISHIV_VALIDATE_STATE") == "1",
             auth=_with_executor_token(auth_config(environ(), tokens, token_file, None,
                                                   users_file), executors),
             engine=EngineConfig(
@@ -178,9 +182,13 @@ coordinator.params = [p for p in serve.params]
 @click.option("--catalog-uri", envvar="KRISHIV_CATALOG_URI", default=None,
               help="The Iceberg REST catalog the coordinator uses.")
 @click.option("--insecure", is_flag=True, help="Serve without KRISHIV_EXECUTOR_TASK_BEARER_TOKEN.")
+@click.option("--fault", "faults", multiple=True, envvar="KRISHIV_FAULTS", hidden=True,
+              help="Chaos tests only (needs KRISHIV_ENABLE_FAULT_INJECTION=1): "
+                   "ACTION@POINT[:stage=S,partition=P,attempt=A,seconds=X].")
 @click.option("--log-level", envvar="KRISHIV_LOG_LEVEL", default="INFO", show_default=True)
 def executor(host: str, port: int, work_dir: Path, coordinator: str | None, warehouse: Path,
-             catalog_uri: str | None, insecure: bool, log_level: str) -> None:
+             catalog_uri: str | None, insecure: bool, faults: tuple[str, ...],
+             log_level: str) -> None:
     """Run an executor: serve shuffle data and, with --coordinator, run its tasks."""
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -189,10 +197,17 @@ def executor(host: str, port: int, work_dir: Path, coordinator: str | None, ware
     if not token and not insecure:
         raise click.ClickException(
             "set KRISHIV_EXECUTOR_TASK_BEARER_TOKEN (or pass --insecure on every node)")
+    try:
+        injected = fault_config(faults, environ())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     work_dir.mkdir(parents=True, exist_ok=True)
+    # A new executor has a new id: shuffle files of an earlier one here are orphans.
+    for job in sweep_work_dir(work_dir, 0.0, time.time()):
+        log.info("removed shuffle files of job %s left by an earlier executor", job)
     authenticator = Authenticator(AuthConfig(tokens=(token,) if token else (),
                                              executor_token=token or None))
-    handler = ShuffleHandler(work_dir.resolve(), token or None)
+    handler = ShuffleHandler(work_dir.resolve(), token or None, injected)
     service = FlightService(handler, lenient(authenticator.authenticate))
     try:
         server, bound = start_flight_server(service, host, port, TransportConfig())
@@ -202,7 +217,7 @@ def executor(host: str, port: int, work_dir: Path, coordinator: str | None, ware
         config = ServerConfig(warehouse=warehouse, catalog_uri=catalog_uri)
         engine = SqlEngine(open_catalog(config), EngineConfig())
         handler.agent = ExecutorAgent(coordinator, token or None, f"grpc://{host}:{bound}",
-                                      work_dir.resolve(), engine)
+                                      work_dir.resolve(), engine, faults=injected)
         try:
             handler.agent.start()
         except Exception as exc:
@@ -297,7 +312,8 @@ def run_server(config: ServerConfig) -> None:
     cluster = (CoordinatorService(config.auth.executor_token, settings, engine=engine,
                                   partitions=config.shuffle_partitions,
                                   broadcast_limit=config.broadcast_limit_bytes,
-                                  direct_results=config.direct_results)
+                                  direct_results=config.direct_results,
+                                  validate_state=config.validate_state)
                if config.distributed else None)
     handler = FlightSqlHandler(engine, config.max_upload_bytes, cluster,
                                insecure_cluster=config.insecure)

@@ -9,12 +9,14 @@ cannot cut runs whole as one task, and EXPLAIN says why.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import signal
+import tempfile
 import threading
 import time
 import uuid
@@ -29,12 +31,14 @@ import pyarrow.flight as flight
 
 from engine import PlannedQuery, SqlEngine
 from engine.arrow_types import conform_batch
+from engine.distributed.faults import FaultPoint, Faults
 from engine.distributed.ids import Attempt, ExecutorId, JobId, StageId, TaskAttempt, TaskId
 from engine.distributed.messages import StageInput, decode_stage_task, encode_stage_task
 from engine.distributed.planner import StageDef, StagePlan
 from engine.distributed.shuffle import (
     ShuffleKey,
     sign_result_ticket,
+    sweep_work_dir,
     write_arrow_file,
     write_map_output,
 )
@@ -80,8 +84,13 @@ CANCEL_TASK = "krishiv.task.cancel"
 
 _SQL_STAGE = StageId(0)  # the one stage of a query that runs whole
 _EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(ANALYZE\s+)?(?:VERBOSE\s+)?", re.IGNORECASE)
+# Runs of a job whose result partitions are lost before it gives up.
+_RESULT_ATTEMPTS = 3
 # How long --direct-results tickets (and the files they name) stay valid.
 RESULT_TTL_S = 600.0
+# Shuffle files of a job never announced as ended are removed after this long.
+SHUFFLE_TTL_S = 6 * 3600.0
+SWEEP_EVERY_S = 300.0
 # An executor whose coordinator stays unreachable this long stops itself.
 COORDINATOR_GONE_S = 30.0
 
@@ -190,8 +199,10 @@ class CoordinatorService:
     def __init__(self, executor_token: str | None, settings: Settings | None = None,
                  tick_s: float = 0.5, engine: SqlEngine | None = None,
                  partitions: int = 4, broadcast_limit: int = 0,
-                 direct_results: bool = False) -> None:
+                 direct_results: bool = False, validate_state: bool = False) -> None:
         self._token = executor_token
+        self._validate = validate_state
+        self._live: frozenset[ExecutorId] = frozenset()
         self._broadcast_limit = broadcast_limit
         self.direct_results = direct_results
         self._engine = engine
@@ -245,6 +256,15 @@ class CoordinatorService:
     def _handle(self, event: Event) -> None:
         with self._lock:
             actions = self._machine.handle(event)
+            if self._validate:
+                self._machine.validate_state()
+            live = self._machine.executors()
+            lost = self._live - live
+            self._live = live
+            for executor in lost:
+                self._addresses.pop(executor, None)
+        for executor in lost:
+            log.warning("executor %s lost; its tasks and outputs move elsewhere", executor)
         for action in actions:
             self._carry_out(action)
 
@@ -320,24 +340,62 @@ class CoordinatorService:
             yield from self._engine_stream(query, is_cancelled)
             yield _explain_row(query.schema, "distributed_plan", stage_plan, reason, {})
             return
-        job = self._submit(query, text, stage_plan)
-        try:
-            for _ in self._fetch_results(job, is_cancelled, None):
-                pass
-            metrics = self._jobs[job].metrics
+        with self._run_job(query, text, stage_plan, is_cancelled) as (record, _):
             yield _explain_row(query.schema, "distributed_plan_with_metrics", stage_plan,
-                               reason, metrics)
-        finally:
-            self._forget(job)
+                               reason, record.metrics)
 
     def _results(self, query: PlannedQuery, text: str, is_cancelled: Callable[[], bool],
                  schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         stage_plan, _ = self._plan(query, text)
-        job = self._submit(query, text, stage_plan)
-        try:
-            yield from self._fetch_results(job, is_cancelled, schema)
-        finally:
-            self._forget(job)
+        with self._run_job(query, text, stage_plan, is_cancelled) as (_, spooled):
+            for path in spooled:
+                reader = pa.ipc.open_file(pa.memory_map(str(path)))
+                for index in range(reader.num_record_batches):
+                    yield conform_batch(reader.get_batch(index), schema)
+
+    @contextlib.contextmanager
+    def _run_job(self, query: PlannedQuery, text: str, stage_plan: StagePlan | None,
+                 is_cancelled: Callable[[], bool]) -> Iterator[tuple[_Job, list[Path]]]:
+        """Run the query as a job and fetch its result into local files, before the client
+        sees a row: an executor lost while its result partition is read costs a rerun of
+        the job, never a broken or doubled stream."""
+        with tempfile.TemporaryDirectory(prefix="krishiv-result-") as spool:
+            for _ in range(_RESULT_ATTEMPTS):
+                job = self._submit(query, text, stage_plan)
+                record = self._jobs[job]
+                try:
+                    finished = self._wait(job, is_cancelled)
+                    paths = self._spool(job, finished, Path(spool))
+                except _ResultLost as lost:
+                    log.warning("result of %s lost with %s (%s); running the job again",
+                                job, lost.executor, lost)
+                    self._handle(ExecutorLost(lost.executor))
+                    continue
+                finally:
+                    self._forget(job)
+                yield record, paths
+                return
+            raise Unavailable(f"the query's result was lost {_RESULT_ATTEMPTS} times")
+
+    def _spool(self, job: JobId, finished: JobFinished, folder: Path) -> list[Path]:
+        """The final stage's output partitions, fetched into `folder`."""
+        final = self._final_stage(job)
+        paths = []
+        for location in finished.results:
+            key = ShuffleKey(job, final, location.stage_attempt, 0, location.partition,
+                             location.attempt)
+            path = folder / f"{job}-{location.partition}.arrows"
+            try:
+                client = flight.connect(self._addresses[location.executor])
+                try:
+                    reader = client.do_get(flight.Ticket(key.ticket()), _options(self._token))
+                    write_arrow_file(path, reader.schema, (c.data for c in reader))
+                finally:
+                    client.close()
+            except flight.FlightError as exc:
+                raise _ResultLost(location.executor, exc) from None
+            paths.append(path)
+        return paths
 
     def _plan(self, query: PlannedQuery, text: str) -> tuple[StagePlan | None, str]:
         """The query's stages, or None and the reason it runs as one task."""
@@ -411,22 +469,6 @@ class CoordinatorService:
         stages = self._jobs[job].stages
         return max(stages) if stages else _SQL_STAGE
 
-    def _fetch_results(self, job: JobId, is_cancelled: Callable[[], bool],
-                       schema: pa.Schema | None) -> Iterator[pa.RecordBatch]:
-        """Wait for the job, then stream its final stage's output (conformed to `schema`)."""
-        finished = self._wait(job, is_cancelled)
-        final = self._final_stage(job)
-        for location in finished.results:
-            key = ShuffleKey(job, final, location.stage_attempt, 0, location.partition,
-                             location.attempt)
-            client = flight.connect(self._addresses[location.executor])
-            try:
-                reader = client.do_get(flight.Ticket(key.ticket()), _options(self._token))
-                for chunk in reader:
-                    yield chunk.data if schema is None else conform_batch(chunk.data, schema)
-            finally:
-                client.close()
-
     def _forget(self, job: JobId) -> None:
         self._jobs.pop(job, None)
         self._launcher.submit(self._drop_everywhere, job)
@@ -449,6 +491,12 @@ class CoordinatorService:
         self._launcher.shutdown(wait=False, cancel_futures=True)
 
 
+class _ResultLost(Exception):
+    def __init__(self, executor: ExecutorId, cause: Exception) -> None:
+        super().__init__(" ".join(str(cause).split())[:200])
+        self.executor = executor
+
+
 class _FetchFailed(Exception):
     def __init__(self, executor: ExecutorId, cause: Exception) -> None:
         super().__init__(f"fetch from {executor} failed: {' '.join(str(cause).split())[:200]}")
@@ -459,8 +507,10 @@ class ExecutorAgent:
     """Registers with the coordinator, heartbeats, and runs the tasks it is sent."""
 
     def __init__(self, coordinator: str, token: str | None, address: str, work_dir: Path,
-                 engine: SqlEngine, slots: int = 2, heartbeat_s: float = 1.0) -> None:
+                 engine: SqlEngine, slots: int = 2, heartbeat_s: float = 1.0,
+                 faults: Faults | None = None) -> None:
         self.id = ExecutorId(f"executor-{uuid.uuid4().hex[:12]}")
+        self._faults = faults or Faults()
         self._coordinator = coordinator
         self._token = token
         self._address = address
@@ -482,7 +532,13 @@ class ExecutorAgent:
 
     def _heartbeat_loop(self, heartbeat_s: float) -> None:
         last_ok = time.monotonic()
+        last_sweep = time.monotonic()
         while not self._stop.wait(heartbeat_s):
+            if time.monotonic() - last_sweep > SWEEP_EVERY_S:
+                last_sweep = time.monotonic()
+                for job in sweep_work_dir(self._work_dir, SHUFFLE_TTL_S, time.time()):
+                    log.warning("removed shuffle files of job %s, idle for %.0f s", job,
+                                SHUFFLE_TTL_S)
             try:
                 self._call(HEARTBEAT, {})
                 last_ok = time.monotonic()
@@ -511,10 +567,12 @@ class ExecutorAgent:
         task = attempt.task
         started = time.monotonic()
         try:
+            self._faults.at(FaultPoint.TASK_START, attempt)
             if "plan" in message:
                 counts = self._run_stage(attempt, message)
             else:
                 counts = self._run_sql(attempt, message)
+            self._faults.at(FaultPoint.AFTER_WRITE, attempt)
             written = self._work_dir / task.job / f"{task.stage}.{task.stage_attempt}"
             size = sum(ShuffleKey(task.job, task.stage, task.stage_attempt, p, task.partition,
                                   attempt.attempt).path(self._work_dir).stat().st_size
@@ -550,8 +608,8 @@ class ExecutorAgent:
         key = ShuffleKey(task.job, task.stage, task.stage_attempt, 0, task.partition,
                          attempt.attempt)
         cancelled = self._cancelled[attempt].is_set
-        return write_map_output(self._work_dir, key, self._engine.stream(planned, cancelled),
-                                planned.schema, [], 1)
+        batches = self._watched(attempt, self._engine.stream(planned, cancelled))
+        return write_map_output(self._work_dir, key, batches, planned.schema, [], 1)
 
     def _run_stage(self, attempt: TaskAttempt, message: dict[str, Any]) -> dict[int, int]:
         """One task of a stage: fetch its inputs, run its plan, write its partitions."""
@@ -572,11 +630,24 @@ class ExecutorAgent:
             key = ShuffleKey(task.job, task.stage, task.stage_attempt, 0, task.partition,
                              attempt.attempt)
             cancelled = self._cancelled[attempt].is_set
-            return write_map_output(self._work_dir, key, self._engine.stream(planned, cancelled),
-                                    stage.schema, [f"c{k}" for k in stage.output_keys],
+            batches = self._watched(attempt, self._engine.stream(planned, cancelled))
+            return write_map_output(self._work_dir, key, batches, stage.schema,
+                                    [f"c{k}" for k in stage.output_keys],
                                     stage.output_partitions)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _watched(self, attempt: TaskAttempt, batches: Iterator[pa.RecordBatch]
+                 ) -> Iterator[pa.RecordBatch]:
+        """`batches`, passing the mid-shuffle fault point once the first one is written."""
+        written = 0
+        for batch in batches:
+            if written == 1:
+                self._faults.at(FaultPoint.MID_SHUFFLE, attempt)
+            yield batch
+            written += 1
+        if written == 1:
+            self._faults.at(FaultPoint.MID_SHUFFLE, attempt)
 
     def _fetch(self, attempt: TaskAttempt, source: StageInput, scratch: Path
                ) -> tuple[Path, ...]:

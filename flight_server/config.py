@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import EngineConfig
+from engine.distributed.faults import BadFault, Fault, Faults
 
 
 class ConfigError(Exception):
@@ -54,6 +55,8 @@ class ServerConfig:
     shuffle_partitions: int = 4  # partitions of each hash exchange
     direct_results: bool = False  # clients fetch results from the executors
     broadcast_limit_bytes: int = 10 * 1024 * 1024  # smaller join inputs are broadcast
+    # Tests: check the coordinator's invariants after every event (KRISHIV_VALIDATE_STATE=1).
+    validate_state: bool = False
     auth: AuthConfig = field(default_factory=AuthConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -168,6 +171,18 @@ def parse_size(text: str, allow_zero: bool = False) -> int:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"size must be positive: {text!r}")
     return int(value * units[unit])
+
+
+def fault_config(texts: tuple[str, ...], env: Mapping[str, str]) -> Faults:
+    """Injected faults, for chaos tests only: refused unless the environment opts in."""
+    if not texts:
+        return Faults()
+    if env.get("KRISHIV_ENABLE_FAULT_INJECTION") != "1":
+        raise ConfigError("--fault is for tests: it needs KRISHIV_ENABLE_FAULT_INJECTION=1")
+    try:
+        return Faults(tuple(Fault.parse(text) for text in texts))
+    except BadFault as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def environ() -> Mapping[str, str]:

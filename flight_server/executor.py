@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from engine.distributed.faults import FaultPoint, Faults
+from engine.distributed.ids import TaskAttempt, TaskId
 from engine.distributed.shuffle import (
     RESULT_TICKET_PREFIX,
     BadShuffleKey,
@@ -42,9 +44,11 @@ def lenient(authenticate: Authenticate) -> Authenticate:
 
 
 class ShuffleHandler:
-    def __init__(self, work_dir: Path, secret: str | None) -> None:
+    def __init__(self, work_dir: Path, secret: str | None, faults: Faults | None = None
+                 ) -> None:
         self._work_dir = work_dir
         self._secret = secret
+        self._faults = faults or Faults()
         self.agent: ExecutorAgent | None = None
 
     def do_get(self, call: Call, ticket: bytes) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -64,11 +68,24 @@ class ShuffleHandler:
 
     def _read(self, key: ShuffleKey) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         try:
-            return read_partition(self._work_dir, key)
+            schema, batches = read_partition(self._work_dir, key)
         except FileNotFoundError:
             raise NotFound(f"no shuffle output for {key.job} stage {key.stage}."
                            f"{key.stage_attempt} partition {key.partition} map task "
                            f"{key.map_task}.{key.attempt}") from None
+        if not self._faults:
+            return schema, batches
+        producer = TaskAttempt(TaskId(key.job, key.stage, key.stage_attempt, key.map_task),
+                               key.attempt)
+        return schema, self._serving(producer, batches)
+
+    def _serving(self, producer: TaskAttempt, batches: Iterator[pa.RecordBatch]
+                 ) -> Iterator[pa.RecordBatch]:
+        """`batches`, passing the serving fault point after the first one is sent."""
+        for number, batch in enumerate(batches):
+            yield batch
+            if number == 0:
+                self._faults.at(FaultPoint.SERVING, producer)
 
     def get_flight_info(self, call: Call, descriptor: fpb.FlightDescriptor) -> fpb.FlightInfo:
         raise Unimplemented("an executor serves shuffle data by DoGet only")

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -165,6 +166,23 @@ def read_partition(work_dir: Path, key: ShuffleKey) -> tuple[pa.Schema, Iterator
     """The schema and batches of one shuffle file; FileNotFoundError if it is not there."""
     reader = pa.ipc.open_file(pa.memory_map(str(key.path(work_dir))))
     return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
+
+
+def sweep_work_dir(work_dir: Path, older_than_s: float, now: float) -> list[str]:
+    """Delete job folders untouched for `older_than_s` (all of them with 0): shuffle files
+    whose job's end was never announced, e.g. by a coordinator that died. Only folders
+    named by a job id are touched."""
+    removed = []
+    for entry in work_dir.iterdir() if work_dir.exists() else ():
+        try:
+            is_job = str(uuid.UUID(entry.name)) == entry.name and entry.is_dir()
+            stale = now - entry.stat().st_mtime >= older_than_s
+        except (ValueError, OSError):
+            continue
+        if is_job and stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
 
 
 def write_arrow_file(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:

@@ -1,0 +1,199 @@
+"""Chaos: executors fail, stall and die (SIGKILL) at chosen points while TPC-H queries run
+on a coordinator with executors started by hand; every answer must equal DuckDB's.
+
+Each fault is given to every executor with a `once` marker, so exactly one executor acts
+on it per armed run; a killed executor is replaced by a fresh one (which must then be
+used). `make test` runs two queries per fault point; the `soak` marker runs the five
+join-and-aggregate queries over 20 seeded rounds of random fault points.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from catalog import IcebergCatalog
+from engine import EngineConfig, SqlEngine
+from engine.distributed.stages import plan_distributed
+from tests.conftest import adbc_connect
+from tests.reference import as_multiset, duckdb_over_catalog, tpch_queries
+from tests.servers import RunningServer, start_krishiv
+
+EXECUTOR_TOKEN = "chaos-executor-token"
+QUICK = (3, 18)
+SOAK = (3, 5, 9, 18, 21)
+HEARTBEAT_TIMEOUT_S = 2.0
+
+
+class ChaosCluster:
+    """A coordinator and three executors, all given the same faults."""
+
+    def __init__(self, warehouse: Path, folder: Path, faults: list[str]) -> None:
+        self.warehouse = warehouse
+        self.folder = folder
+        self.marker = folder / "fault-fired"
+        self.faults = [f.replace("MARKER", str(self.marker)) for f in faults]
+        env = {"KRISHIV_EXECUTOR_TASK_BEARER_TOKEN": EXECUTOR_TOKEN,
+               "KRISHIV_VALIDATE_STATE": "1"}
+        self.coordinator = start_krishiv(
+            ["coordinator", "--warehouse", str(warehouse), "--default-schema", "tpch",
+             "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT_S), "--executor-grace", "15",
+             "--broadcast-limit", "0", "--shuffle-partitions", "3"],
+            folder, env, None, "serving Flight SQL", 120.0)
+        self.executors: list[RunningServer] = []
+        self.started = 0
+        for _ in range(3):
+            self.add_executor()
+
+    def add_executor(self) -> None:
+        env = {"KRISHIV_EXECUTOR_TASK_BEARER_TOKEN": EXECUTOR_TOKEN,
+               "KRISHIV_ENABLE_FAULT_INJECTION": "1", "KRISHIV_FAULTS": " ".join(self.faults)}
+        self.started += 1
+        self.executors.append(start_krishiv(
+            ["executor", "--coordinator", f"grpc://127.0.0.1:{self.coordinator.port}",
+             "--warehouse", str(self.warehouse),
+             "--work-dir", str(self.folder / f"work-{self.started}")],
+            self.folder, env, EXECUTOR_TOKEN, "executor serving shuffle data", 60.0))
+        deadline = time.monotonic() + 30
+        while self.coordinator.log().count("joined at") < self.started:
+            assert time.monotonic() < deadline, "executor did not join"
+            time.sleep(0.1)
+
+    def arm(self) -> None:
+        self.marker.unlink(missing_ok=True)
+
+    def fired(self) -> bool:
+        return self.marker.exists()
+
+    def replace_dead(self) -> int:
+        dead = [e for e in self.executors if e.process.poll() is not None]
+        for executor in dead:
+            self.executors.remove(executor)
+            self.add_executor()
+        return len(dead)
+
+    def leftover_shuffle_files(self) -> list[Path]:
+        """Shuffle files still held by live executors (jobs end by deleting theirs)."""
+        live = [self.folder / f"work-{i}" for i in range(1, self.started + 1)
+                if any(e.process.poll() is None and f"work-{i}" in " ".join(e.process.args)
+                       for e in self.executors)]
+        while True:
+            try:
+                return [p for folder in live if folder.exists()
+                        for p in folder.rglob("*.arrows")]
+            except FileNotFoundError:
+                continue  # a job's folder went while it was walked: look again
+
+    def stop(self) -> None:
+        for executor in self.executors:
+            executor.stop()
+        self.coordinator.stop()
+
+
+@pytest.fixture(scope="module")
+def duck(demo_warehouse: Path) -> duckdb.DuckDBPyConnection:
+    return duckdb_over_catalog(IcebergCatalog.embedded(str(demo_warehouse)))
+
+
+@pytest.fixture(scope="module")
+def expected(duck: duckdb.DuckDBPyConnection) -> dict[int, list[tuple[object, ...]]]:
+    texts = tpch_queries(duck)
+    return {n: as_multiset(duck.execute(texts[n]).fetchall()) for n in SOAK}
+
+
+@pytest.fixture()
+def chaos(demo_warehouse: Path, tmp_path: Path, request: pytest.FixtureRequest
+          ) -> Iterator[ChaosCluster]:
+    cluster = ChaosCluster(demo_warehouse, tmp_path, request.param)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _run(cluster: ChaosCluster, duck: duckdb.DuckDBPyConnection, number: int
+         ) -> list[tuple[object, ...]]:
+    with adbc_connect(cluster.coordinator) as conn, conn.cursor() as cur:
+        cur.execute(tpch_queries(duck)[number])
+        return as_multiset(cur.fetchall())
+
+
+KILLS = {
+    "map time": "kill@task_start:attempt=0,once=MARKER",
+    "mid-shuffle": "kill@mid_shuffle:attempt=0,once=MARKER",
+    "after its shuffle write": "kill@after_write:attempt=0,once=MARKER",
+    "while serving shuffle data": "kill@serving:once=MARKER",
+}
+OTHER = {
+    "task failure": "fail@task_start:attempt=0,once=MARKER",
+    "slow task": "delay@task_start:attempt=0,seconds=1.5,once=MARKER",
+}
+
+
+@pytest.mark.parametrize("chaos", [[f] for f in [*KILLS.values(), *OTHER.values()]],
+                         ids=[*KILLS, *OTHER], indirect=True)
+def test_answers_survive_faults(chaos: ChaosCluster, duck: duckdb.DuckDBPyConnection,
+                                expected: dict[int, list[tuple[object, ...]]]) -> None:
+    kills = chaos.faults[0].startswith("kill")
+    for number in QUICK:
+        chaos.arm()
+        assert _run(chaos, duck, number) == expected[number], f"q{number}"
+        assert chaos.fired(), "the fault never fired"
+        if kills:
+            assert chaos.replace_dead() == 1
+    _assert_clean(chaos)
+
+
+def test_answers_survive_a_kill_while_the_result_is_fetched(
+        demo_warehouse: Path, tmp_path: Path, duck: duckdb.DuckDBPyConnection,
+        expected: dict[int, list[tuple[object, ...]]]) -> None:
+    """The executor holding the result dies as the coordinator reads it: the job runs
+    again and the client still gets every row exactly once."""
+    engine = SqlEngine(IcebergCatalog.embedded(str(demo_warehouse)),
+                       EngineConfig(default_schema="tpch"))
+    try:
+        plan = plan_distributed(engine, tpch_queries(duck)[3], "tpch", None, 3)
+    finally:
+        engine.close()
+    result_stage = plan.stages[-1].stage
+    cluster = ChaosCluster(demo_warehouse, tmp_path,
+                           [f"kill@serving:stage={result_stage},once=MARKER"])
+    try:
+        cluster.arm()
+        assert _run(cluster, duck, 3) == expected[3]
+        assert cluster.fired() and cluster.replace_dead() == 1
+        assert "result of" in cluster.coordinator.log()  # it was lost, and run again
+        _assert_clean(cluster)
+    finally:
+        cluster.stop()
+
+
+def _assert_clean(cluster: ChaosCluster) -> None:
+    deadline = time.monotonic() + 10
+    while cluster.leftover_shuffle_files() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cluster.leftover_shuffle_files() == []
+    assert "Traceback" not in cluster.coordinator.log()
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("seed", range(20))
+def test_soak_random_faults(seed: int, demo_warehouse: Path, tmp_path: Path,
+                            duck: duckdb.DuckDBPyConnection,
+                            expected: dict[int, list[tuple[object, ...]]]) -> None:
+    rng = random.Random(seed)
+    fault = rng.choice(list(KILLS.values()) + list(OTHER.values()))
+    cluster = ChaosCluster(demo_warehouse, tmp_path, [fault])
+    try:
+        for number in rng.sample(SOAK, len(SOAK)):
+            cluster.arm()
+            assert _run(cluster, duck, number) == expected[number], f"seed {seed} q{number}"
+            cluster.replace_dead()
+        _assert_clean(cluster)
+    finally:
+        cluster.stop()
