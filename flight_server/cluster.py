@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,7 @@ REPORT = "krishiv.task.report"
 RUN_TASK = "krishiv.task.run"
 DROP_JOB = "krishiv.job.drop"  # delete a finished job's shuffle files
 CANCEL_TASK = "krishiv.task.cancel"
+METRICS = "krishiv.coordinator.metrics"  # JSON counters, for operators and tests
 
 _SQL_STAGE = StageId(0)  # the one stage of a query that runs whole
 _EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(ANALYZE\s+)?(?:VERBOSE\s+)?", re.IGNORECASE)
@@ -233,6 +234,12 @@ class CoordinatorService:
         elif kind == REPORT:
             self._report(executor, message)
         return b"{}"
+
+    def metrics(self) -> dict[str, int]:
+        with self._lock:
+            counters = asdict(self._machine.metrics)
+            return {**counters, "running_jobs": len(self._jobs),
+                    "executors": len(self._machine.executors())}
 
     def _report(self, executor: ExecutorId, message: dict[str, Any]) -> None:
         attempt = _task_from(message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -11,7 +12,7 @@ import pyarrow as pa
 from engine import PlannedQuery, SqlEngine
 from engine.writes import COUNT_SCHEMA
 from flight_server.auth import EXECUTOR_IDENTITY
-from flight_server.cluster import HEARTBEAT, REGISTER, REPORT, CoordinatorService
+from flight_server.cluster import HEARTBEAT, METRICS, REGISTER, REPORT, CoordinatorService
 from flight_server.errors import InvalidArgument, PermissionDenied, Unimplemented
 from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
@@ -41,7 +42,7 @@ CLOSE_SESSION = "CloseSession"
 SET_SESSION_OPTIONS = "SetSessionOptions"
 GET_SESSION_OPTIONS = "GetSessionOptions"
 CANCEL_FLIGHT_INFO = "CancelFlightInfo"
-CONTROL_ACTIONS = (REGISTER, HEARTBEAT, REPORT)
+CONTROL_ACTIONS = (REGISTER, HEARTBEAT, REPORT, METRICS)
 CANCEL_QUERY = "CancelQuery"  # Flight SQL's older name, still sent by some clients
 
 _ACTIONS = [
@@ -146,6 +147,9 @@ class FlightSqlHandler:
                 raise Unimplemented("this server runs queries embedded; it has no executors")
             if call.identity != EXECUTOR_IDENTITY and not self._insecure_cluster:
                 raise PermissionDenied("executor control calls need the executor task token")
+            if kind == METRICS:
+                counters = {**self._cluster.metrics(), "sessions": self._sessions.count()}
+                return iter([json.dumps(counters).encode()])
             return iter([self._cluster.control(kind, body)])
         if kind == CREATE_PREPARED:
             request = unpack(body)

@@ -44,6 +44,11 @@ class SessionStore:
         self._lock = threading.Lock()
         self._by_key: dict[str, ClientSession] = {}
 
+    def count(self) -> int:
+        """Live client sessions (for metrics and leak checks)."""
+        with self._lock:
+            return len({id(state) for state in self._by_key.values()})
+
     def _keys(self, call: Call) -> list[str]:
         keys = []
         cookie = _cookie_value(call.headers.get("cookie", ""))

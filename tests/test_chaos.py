@@ -9,17 +9,23 @@ join-and-aggregate queries over 20 seeded rounds of random fault points.
 
 from __future__ import annotations
 
+import json
 import random
+import re
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import pyarrow.flight as flight
 import pytest
 
 from catalog import IcebergCatalog
 from engine import EngineConfig, SqlEngine
 from engine.distributed.stages import plan_distributed
+from flight_server.cluster import METRICS, REPORT
 from tests.conftest import adbc_connect
 from tests.reference import as_multiset, duckdb_over_catalog, tpch_queries
 from tests.servers import RunningServer, start_krishiv
@@ -179,6 +185,8 @@ def _assert_clean(cluster: ChaosCluster) -> None:
         time.sleep(0.2)
     assert cluster.leftover_shuffle_files() == []
     assert "Traceback" not in cluster.coordinator.log()
+    metrics = _control(cluster, METRICS, {})
+    assert metrics["running_jobs"] == 0 and metrics["sessions"] == 0, metrics
 
 
 @pytest.mark.soak
@@ -197,3 +205,73 @@ def test_soak_random_faults(seed: int, demo_warehouse: Path, tmp_path: Path,
         _assert_clean(cluster)
     finally:
         cluster.stop()
+
+
+def _control(cluster: ChaosCluster, kind: str, body: dict[str, object]) -> dict[str, object]:
+    client = flight.connect(cluster.coordinator.uri)
+    try:
+        options = flight.FlightCallOptions(headers=[
+            (b"authorization", f"Bearer {EXECUTOR_TOKEN}".encode())])
+        (result,) = client.do_action(flight.Action(kind, json.dumps(body).encode()), options)
+        return dict(json.loads(result.body.to_pybytes()))
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("chaos", [[]], indirect=True)
+def test_stale_completions_are_rejected_and_counted(
+        chaos: ChaosCluster, duck: duckdb.DuckDBPyConnection,
+        expected: dict[int, list[tuple[object, ...]]]) -> None:
+    assert _run(chaos, duck, 3) == expected[3]
+    job, stage, stage_attempt, partition, executor = re.findall(
+        r"task ([0-9a-f-]{36})/(\d+)\.(\d+)/(\d+) finished on (executor-\w+)",
+        chaos.coordinator.log())[-1]
+    before = int(str(_control(chaos, METRICS, {})["rejected_reports"]))
+    task = {"job": job, "stage": int(stage), "stage_attempt": int(stage_attempt),
+            "partition": int(partition)}
+    # The very report again (its job is over), and one from an attempt never launched.
+    _control(chaos, REPORT, {"executor": executor, **task, "attempt": 0, "ok": True})
+    _control(chaos, REPORT, {"executor": executor, **task, "attempt": 7, "ok": False,
+                             "error_kind": "InjectedFault", "error": "late"})
+    assert _control(chaos, METRICS, {})["rejected_reports"] == before + 2
+    assert _run(chaos, duck, 3) == expected[3]  # and nothing else changed
+
+
+@pytest.mark.parametrize("chaos", [[]], indirect=True)
+def test_losing_every_executor_fails_fast_and_a_new_one_is_used(
+        chaos: ChaosCluster, duck: duckdb.DuckDBPyConnection,
+        expected: dict[int, list[tuple[object, ...]]]) -> None:
+    assert _run(chaos, duck, 18) == expected[18]
+    baseline = _resources(chaos.coordinator.process.pid)
+    failure: list[BaseException] = []
+
+    def run_query() -> None:
+        try:
+            _run(chaos, duck, 21)
+        except BaseException as exc:
+            failure.append(exc)
+
+    worker = threading.Thread(target=run_query)
+    worker.start()
+    time.sleep(0.3)  # the job is under way
+    for executor in chaos.executors:
+        executor.process.send_signal(signal.SIGKILL)
+    started = time.monotonic()
+    worker.join(60)
+    # Heartbeat timeout (2 s) plus the grace period (15 s), then UNAVAILABLE; no hang.
+    assert failure and "no executors are available" in str(failure[0])
+    assert time.monotonic() - started < 30
+    with adbc_connect(chaos.coordinator) as conn:  # another session is served meanwhile
+        objects = conn.adbc_get_objects(depth="db_schemas").read_all().to_pylist()
+        assert "tpch" in {s["db_schema_name"] for c in objects for s in c["catalog_db_schemas"]}
+    assert chaos.replace_dead() == 3  # fresh executors join, and are used
+    assert _run(chaos, duck, 18) == expected[18]
+    _assert_clean(chaos)
+    threads, descriptors = _resources(chaos.coordinator.process.pid)
+    assert threads <= baseline[0] + 2 and descriptors <= baseline[1] + 4, (baseline, threads)
+
+
+def _resources(pid: int) -> tuple[int, int]:
+    """Threads and open file descriptors of a process."""
+    return (len(list(Path(f"/proc/{pid}/task").iterdir())),
+            len(list(Path(f"/proc/{pid}/fd").iterdir())))

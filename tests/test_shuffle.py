@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from engine.distributed.shuffle import (
     BadShuffleKey,
     ShuffleKey,
     partition_ids,
+    sweep_work_dir,
     write_map_output,
 )
 from tests.flight_raw import bearer
@@ -47,6 +50,17 @@ def executor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer
 
 def _work_dir(executor: RunningServer) -> Path:
     return Path(executor.log_path).parent / "work"
+
+
+def test_sweep_removes_only_idle_job_folders(tmp_path: Path) -> None:
+    old_job, new_job = tmp_path / str(uuid.uuid4()), tmp_path / str(uuid.uuid4())
+    for folder in (old_job, new_job, tmp_path / "not-a-job"):
+        (folder / "1.0" / "0").mkdir(parents=True)
+    os.utime(old_job, (1000.0, 1000.0))
+    assert sweep_work_dir(tmp_path, 3600.0, time.time()) == [old_job.name]
+    assert new_job.exists() and (tmp_path / "not-a-job").exists()
+    assert sweep_work_dir(tmp_path, 0.0, time.time()) == [new_job.name]
+    assert [p.name for p in tmp_path.iterdir()] == ["not-a-job"]
 
 
 def test_partition_ids_follow_row_order() -> None:
