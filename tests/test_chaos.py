@@ -4,7 +4,8 @@ on a coordinator with executors started by hand; every answer must equal DuckDB'
 Each fault is given to every executor with a `once` marker, so exactly one executor acts
 on it per armed run; a killed executor is replaced by a fresh one (which must then be
 used). `make test` runs two queries per fault point; the `soak` marker runs the five
-join-and-aggregate queries over 20 seeded rounds of random fault points.
+join-and-aggregate queries in 20 seeded runs, each query under a fault point drawn at
+random.
 """
 
 from __future__ import annotations
@@ -42,8 +43,12 @@ class ChaosCluster:
     def __init__(self, warehouse: Path, folder: Path, faults: list[str]) -> None:
         self.warehouse = warehouse
         self.folder = folder
-        self.marker = folder / "fault-fired"
-        self.faults = [f.replace("MARKER", str(self.marker)) for f in faults]
+        # Fault i fires once its marker is removed (arm), and writes it again as it fires.
+        self.markers = [folder / f"fault-{i}-fired" for i in range(len(faults))]
+        self.faults = [f.replace("MARKER", str(m)) for f, m in zip(faults, self.markers,
+                                                                  strict=True)]
+        for marker in self.markers:
+            marker.touch()
         env = {"KRISHIV_EXECUTOR_TASK_BEARER_TOKEN": EXECUTOR_TOKEN,
                "KRISHIV_VALIDATE_STATE": "1"}
         self.coordinator = start_krishiv(
@@ -70,11 +75,11 @@ class ChaosCluster:
             assert time.monotonic() < deadline, "executor did not join"
             time.sleep(0.1)
 
-    def arm(self) -> None:
-        self.marker.unlink(missing_ok=True)
+    def arm(self, fault: int = 0) -> None:
+        self.markers[fault].unlink(missing_ok=True)
 
-    def fired(self) -> bool:
-        return self.marker.exists()
+    def fired(self, fault: int = 0) -> bool:
+        return self.markers[fault].exists()
 
     def replace_dead(self) -> int:
         dead = [e for e in self.executors if e.process.poll() is not None]
@@ -194,13 +199,28 @@ def _assert_clean(cluster: ChaosCluster) -> None:
 def test_soak_random_faults(seed: int, demo_warehouse: Path, tmp_path: Path,
                             duck: duckdb.DuckDBPyConnection,
                             expected: dict[int, list[tuple[object, ...]]]) -> None:
+    """Each seeded run: the five queries in a random order, each with one fault point
+    drawn at random (every kill, failure and delay point, and a kill while the query's
+    result is fetched) armed for it."""
     rng = random.Random(seed)
-    fault = rng.choice(list(KILLS.values()) + list(OTHER.values()))
-    cluster = ChaosCluster(demo_warehouse, tmp_path, [fault])
+    engine = SqlEngine(IcebergCatalog.embedded(str(demo_warehouse)),
+                       EngineConfig(default_schema="tpch"))
+    try:
+        result_stage = {n: plan_distributed(engine, tpch_queries(duck)[n], "tpch", None, 3)
+                        .stages[-1].stage for n in SOAK}
+    finally:
+        engine.close()
+    points = [*KILLS.values(), *OTHER.values()]
+    result_faults = {n: len(points) + i for i, n in enumerate(SOAK)}
+    faults = points + [f"kill@serving:stage={result_stage[n]},once=MARKER" for n in SOAK]
+    cluster = ChaosCluster(demo_warehouse, tmp_path, faults)
     try:
         for number in rng.sample(SOAK, len(SOAK)):
-            cluster.arm()
-            assert _run(cluster, duck, number) == expected[number], f"seed {seed} q{number}"
+            fault = rng.choice([*range(len(points)), result_faults[number]])
+            cluster.arm(fault)
+            assert _run(cluster, duck, number) == expected[number], (
+                f"seed {seed} q{number} fault {faults[fault]}")
+            assert cluster.fired(fault), f"seed {seed} q{number}: {faults[fault]} never fired"
             cluster.replace_dead()
         _assert_clean(cluster)
     finally:
