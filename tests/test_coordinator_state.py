@@ -163,6 +163,22 @@ def test_heartbeat_timeout_then_no_executor_grace_fails_the_job() -> None:
     assert end.state is JobState.FAILED and end.reason == "no executors are available"
 
 
+def test_a_job_submitted_later_gets_its_own_grace_period() -> None:
+    """Found by chaos: a job submitted just after another one failed for want of
+    executors inherited that job's timer and failed at once."""
+    coordinator = Coordinator(Settings(no_executor_grace_s=5.0))
+    first, second = JobId("first"), JobId("second")
+    coordinator.handle(JobSubmitted(first, TWO_STAGES, now=0.0))
+    coordinator.handle(Tick(now=1.0))
+    (end,) = finished(coordinator.handle(Tick(now=6.5)))
+    assert end.job == first
+    coordinator.handle(JobSubmitted(second, TWO_STAGES, now=6.6))
+    assert finished(coordinator.handle(Tick(now=7.0))) == []
+    assert finished(coordinator.handle(Tick(now=11.0))) == []  # 4.4 s of its 5
+    maps = launches(coordinator.handle(ExecutorJoined(A, 4, now=11.2)))
+    assert {m.attempt.task.job for m in maps} == {second}
+
+
 def test_new_executor_mid_job_is_used() -> None:
     coordinator = Coordinator()
     start(coordinator, (A,), slots=1)

@@ -179,6 +179,8 @@ class _Job:
     stages: dict[StageId, _Stage]
     final: StageId
     state: JobState = JobState.RUNNING
+    # Since when it has waited with no executor at all: each job gets the whole grace.
+    stranded_since: float | None = None
 
 
 @dataclass
@@ -205,7 +207,6 @@ class Coordinator:
         self._jobs: dict[JobId, _Job] = {}  # running jobs
         self._ended: dict[JobId, JobState] = {}
         self._executors: dict[ExecutorId, _Executor] = {}
-        self._no_executor_since: float | None = None
 
     def job_state(self, job: JobId) -> JobState:
         running = self._jobs.get(job)
@@ -242,7 +243,6 @@ class Coordinator:
         match event:
             case ExecutorJoined(executor, slots, now):
                 self._executors[executor] = _Executor(slots, now)
-                self._no_executor_since = None
             case Heartbeat(executor, now):
                 if executor in self._executors:
                     self._executors[executor].last_seen = now
@@ -269,9 +269,8 @@ class Coordinator:
             spec.stage: _Stage(spec, tasks=[_Task(p) for p in range(spec.partitions)])
             for spec in specs
         }
-        self._jobs[job] = _Job(job, stages, specs[-1].stage)
-        if not self._executors and self._no_executor_since is None:
-            self._no_executor_since = now
+        self._jobs[job] = _Job(job, stages, specs[-1].stage,
+                               stranded_since=None if self._executors else now)
 
     def _current(
         self, attempt: TaskAttempt, executor: ExecutorId
@@ -359,21 +358,17 @@ class Coordinator:
                                 task.executor))
                             self._requeue(task)
                     stage.attempt = Attempt(stage.attempt + 1)
-        if not self._executors:
-            self._no_executor_since = None  # set on the next tick
 
     def _tick(self, now: float, actions: list[Action]) -> None:
         timeout = self.settings.heartbeat_timeout_s
         for executor in [e for e, s in self._executors.items() if now - s.last_seen > timeout]:
             self._lose(executor, actions)
-        running = [j for j in self._jobs.values() if j.state is JobState.RUNNING]
-        if self._executors or not running:
-            self._no_executor_since = None
-            return
-        if self._no_executor_since is None:
-            self._no_executor_since = now
-        elif now - self._no_executor_since > self.settings.no_executor_grace_s:
-            for job in running:
+        for job in list(self._jobs.values()):
+            if self._executors:
+                job.stranded_since = None
+            elif job.stranded_since is None:
+                job.stranded_since = now
+            elif now - job.stranded_since > self.settings.no_executor_grace_s:
                 self._end(job.id, JobState.FAILED, "no executors are available", actions)
 
     def _end(self, job_id: JobId, state: JobState, reason: str, actions: list[Action]) -> None:
