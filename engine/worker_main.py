@@ -1,17 +1,16 @@
 """A query worker process: runs shipped physical plans, one at a time (see engine.workers).
 
-Reads requests on stdin, writes result frames on stdout; ends at end of input, and with
-its server (the parent death signal), so a killed server leaves no work running.
+Reads requests on stdin, writes result frames on stdout; ends at end of input, and when
+its server is gone, so a killed server leaves no work running.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
+import os
 import queue
-import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import IO
 
@@ -23,13 +22,21 @@ from engine.arrow_types import conform_batch, split_batch
 from engine.bridge import base_context
 from engine.workers import BATCH, END, ERROR, REQUEST, decode_request, read_frame, write_frame
 
-_PR_SET_PDEATHSIG = 1
 
+def _exit_with_parent() -> None:
+    """End this process when its server is gone (it is then adopted by another parent).
 
-def _die_with_parent() -> None:
-    # Not on Linux, the closed pipe still ends an idle worker.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    Not the parent-death signal: that fires when the *thread* that started the worker
+    ends, which in a server with thread pools is not the server's end.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _partition_batches(ctx: SessionContext, plan: ExecutionPlan) -> Iterator[pa.RecordBatch]:
@@ -73,7 +80,7 @@ def _run(payload: bytes, out: IO[bytes]) -> None:
 
 
 def main() -> None:
-    _die_with_parent()
+    _exit_with_parent()
     source, out = sys.stdin.buffer, sys.stdout.buffer
     while (frame := read_frame(source)) is not None:
         kind, payload = frame

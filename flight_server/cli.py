@@ -79,6 +79,9 @@ def main() -> None:
 @click.option("--executor-grace", envvar="KRISHIV_EXECUTOR_GRACE_SECS", default=30.0,
               show_default=True, type=click.FloatRange(min=0),
               help="Seconds a query waits with no executor before failing UNAVAILABLE.")
+@click.option("--task-retries", envvar="KRISHIV_TASK_RETRIES", default=4, show_default=True,
+              type=click.IntRange(min=1, max=100),
+              help="Failures of one task before its query fails (executor loss not counted).")
 @click.option("--shuffle-partitions", envvar="KRISHIV_SHUFFLE_PARTITIONS", default=4,
               show_default=True, type=click.IntRange(min=1, max=256),
               help="Partitions of each hash exchange (tasks of each join or group-by stage).")
@@ -115,7 +118,8 @@ def serve(
     host: str, port: int, warehouse: Path, catalog_uri: str | None,
     catalog_properties: tuple[str, ...], demo: bool, demo_scale: float, default_schema: str,
     memory_limit: str | None, query_timeout: float | None, executors: int,
-    heartbeat_timeout: float, executor_grace: float, shuffle_partitions: int,
+    heartbeat_timeout: float, executor_grace: float, task_retries: int,
+    shuffle_partitions: int,
     broadcast_limit: str, direct_results: bool, max_concurrent_queries: int,
     max_queued_queries: int, max_upload: str,
     tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
@@ -137,6 +141,7 @@ def serve(
             executors=executors,
             distributed=distributed or executors > 0,
             heartbeat_timeout_s=heartbeat_timeout, no_executor_grace_s=executor_grace,
+            task_retries=task_retries,
             shuffle_partitions=shuffle_partitions, direct_results=direct_results,
             broadcast_limit_bytes=parse_size(broadcast_limit, allow_zero=True),
             validate_state=environ().get("KRISHIV_VALIDATE_STATE") == "1",
@@ -307,7 +312,8 @@ def run_server(config: ServerConfig) -> None:
     catalog = prepare_catalog(config)
     engine = SqlEngine(catalog, config.engine)
     authenticator = Authenticator(config.auth)
-    settings = Settings(heartbeat_timeout_s=config.heartbeat_timeout_s,
+    settings = Settings(max_task_failures=config.task_retries,
+                        heartbeat_timeout_s=config.heartbeat_timeout_s,
                         no_executor_grace_s=config.no_executor_grace_s)
     cluster = (CoordinatorService(config.auth.executor_token, settings, engine=engine,
                                   partitions=config.shuffle_partitions,

@@ -52,6 +52,7 @@ class ServerConfig:
     distributed: bool = False
     heartbeat_timeout_s: float = 10.0  # an executor silent this long is lost
     no_executor_grace_s: float = 30.0  # queries fail after this long with no executor
+    task_retries: int = 4  # failures of one task before its query fails
     shuffle_partitions: int = 4  # partitions of each hash exchange
     direct_results: bool = False  # clients fetch results from the executors
     broadcast_limit_bytes: int = 10 * 1024 * 1024  # smaller join inputs are broadcast

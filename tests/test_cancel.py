@@ -7,6 +7,7 @@ work: the server's processes use no CPU for it a second later.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -167,3 +168,19 @@ def test_full_queue_is_unavailable_at_once(one_slot: RunningServer) -> None:
     assert waiting == [2]  # the schema message and one batch
     client.close()
     waiting_client.close()
+
+
+def test_workers_end_with_a_killed_server(demo_warehouse: Path, tmp_path: Path) -> None:
+    """A server killed mid-query leaves no worker computing on."""
+    with running_server(demo_warehouse, tmp_path, [], TOKEN) as server:
+        client = flight.connect(server.uri)
+        _, _, pids = _start_slow_query(client, server)
+        workers = [pid for pid in pids if pid != server.process.pid]
+        assert workers
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+        deadline = time.monotonic() + 5
+        while any(Path(f"/proc/{pid}").exists() for pid in workers):
+            assert time.monotonic() < deadline, "workers outlived their server"
+            time.sleep(0.1)
+        client.close()
