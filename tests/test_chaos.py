@@ -330,6 +330,15 @@ def test_losing_every_executor_fails_fast_and_new_ones_are_used(
 
 
 def _resources(pid: int) -> tuple[int, int]:
-    """Threads and open file descriptors of a process."""
-    return (len(list(Path(f"/proc/{pid}/task").iterdir())),
-            len(list(Path(f"/proc/{pid}/fd").iterdir())))
+    """Python threads and open file descriptors of a process.
+
+    Threads named after the process are Python's (grpc's event-engine and DataFusion's
+    tokio threads carry their own names, and grpc sizes its pool to the load)."""
+    command = Path(f"/proc/{pid}/comm").read_text()
+    threads = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            threads += (task / "comm").read_text() == command
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+    return threads, len(list(Path(f"/proc/{pid}/fd").iterdir()))
