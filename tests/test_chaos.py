@@ -51,15 +51,22 @@ class ChaosCluster:
                                                                   strict=True)]
         for marker in self.markers:
             marker.touch()
+        self.executors: list[RunningServer] = []
+        self.started = 0
+        try:
+            self._start(coordinator_args)
+        except BaseException:
+            self.stop()  # whatever did start
+            raise
+
+    def _start(self, coordinator_args: tuple[str, ...]) -> None:
         env = {"KRISHIV_EXECUTOR_TASK_BEARER_TOKEN": EXECUTOR_TOKEN,
                "KRISHIV_VALIDATE_STATE": "1"}
         self.coordinator = start_krishiv(
-            ["coordinator", "--warehouse", str(warehouse), "--default-schema", "tpch",
+            ["coordinator", "--warehouse", str(self.warehouse), "--default-schema", "tpch",
              "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT_S), "--executor-grace", "15",
              "--broadcast-limit", "0", "--shuffle-partitions", "3", *coordinator_args],
-            folder, env, None, "serving Flight SQL", 120.0)
-        self.executors: list[RunningServer] = []
-        self.started = 0
+            self.folder, env, None, "serving Flight SQL", 120.0)
         for _ in range(3):
             self.add_executor()
         self.warm_up()
@@ -115,7 +122,8 @@ class ChaosCluster:
     def stop(self) -> None:
         for executor in self.executors:
             executor.stop()
-        self.coordinator.stop()
+        if hasattr(self, "coordinator"):
+            self.coordinator.stop()
 
 
 @pytest.fixture(scope="module")
