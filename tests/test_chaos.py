@@ -221,11 +221,14 @@ def _assert_clean(cluster: ChaosCluster) -> None:
     # chaos (they are bounded), so threads are checked for growth from query to query.
     pid = cluster.coordinator.process.pid
     assert _resources(pid)[1] <= cluster.baseline[1] + 8, (cluster.baseline, _resources(pid))
-    cluster.warm_up()
-    settled = _resources(pid)
+    # Pools grow lazily, by timing: settle them, then a leak of one thread per query would
+    # show as +6 over six more queries.
     for _ in range(3):
         cluster.warm_up()
-    assert _resources(pid)[0] <= settled[0] + 1, (settled, _resources(pid))
+    settled = _resources(pid)
+    for _ in range(6):
+        cluster.warm_up()
+    assert _resources(pid)[0] <= settled[0] + 3, (settled, _resources(pid))
 
 
 @pytest.mark.soak
