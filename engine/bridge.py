@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionContext
+from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext
 from datafusion.catalog import CatalogProvider, SchemaProvider, Table
 
 from catalog import Catalog, NamespaceNotFound, TableIdent, TableNotFound, TableScan
@@ -89,33 +87,16 @@ class TableCache:
         """`rows` as a table whose scans ship with a plan (a pyarrow dataset's do not)."""
         return Table(self._reader.from_arrow(rows))
 
-    def files_table(self, files: Sequence[str], schema: pa.Schema) -> Table:
-        """The Parquet `files` as one table with `schema`."""
-        if not files:
-            return self.memory_table(schema.empty_table())
-        return self._union([self._reader.read_parquet(path, schema=schema) for path in files])
-
-    def arrow_files_table(self, files: Sequence[Path], schema: pa.Schema) -> Table:
-        """Arrow IPC `files` (shuffle data) as one table with `schema`."""
-        if not files:
-            return self.memory_table(schema.empty_table())
-        return self._union([
-            self._reader.read_arrow(str(path), schema=schema, file_extension=path.suffix)
-            for path in files
-        ])
-
-    @staticmethod
-    def _union(frames: list[DataFrame]) -> Table:
+    def _build(self, scan: TableScan) -> Table:
+        schema = plain_schema(scan.schema)
+        if scan.arrow is not None or not scan.data_files:
+            rows = scan.arrow if scan.arrow is not None else scan.schema.empty_table()
+            return self.memory_table(rows.cast(schema))
+        frames = [self._reader.read_parquet(path, schema=schema) for path in scan.data_files]
         frame = frames[0]
         for other in frames[1:]:
             frame = frame.union(other)
         return Table(frame)
-
-    def _build(self, scan: TableScan) -> Table:
-        schema = plain_schema(scan.schema)
-        if scan.arrow is not None:
-            return self.memory_table(scan.arrow.cast(schema))
-        return self.files_table(scan.data_files, schema)
 
 
 class _NamespaceSchema(SchemaProvider):

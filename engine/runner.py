@@ -24,6 +24,21 @@ from engine.errors import QueryCancelled, QueryTimeout
 _POLL_SECONDS = 0.05
 
 
+def limits_check(timeout_s: float | None, is_cancelled: Callable[[], bool]
+                 ) -> Callable[[], None]:
+    """A check, starting its clock now, that raises QueryCancelled once the client cancels
+    and QueryTimeout once `timeout_s` has passed; called while a query waits for data."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def check() -> None:
+        if is_cancelled():
+            raise QueryCancelled("query cancelled by the client")
+        if deadline is not None and time.monotonic() > deadline:
+            raise QueryTimeout(f"query exceeded the server's timeout of {timeout_s:g} s")
+
+    return check
+
+
 class StreamRunner:
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -38,40 +53,31 @@ class StreamRunner:
         timeout_s: float | None,
         is_cancelled: Callable[[], bool],
     ) -> Iterator[pa.RecordBatch]:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        check = limits_check(timeout_s, is_cancelled)
         stream = frame.execute_stream()
         iterator = stream.__aiter__()
         try:
             while True:
                 if is_cancelled():
                     raise QueryCancelled("query cancelled by the client")
-                batch = self._next(iterator, deadline, timeout_s, is_cancelled)
+                batch = self._next(iterator, check)
                 if batch is None:
                     return
                 yield batch
         finally:
             del iterator, stream
 
-    def _next(
-        self,
-        iterator: Any,
-        deadline: float | None,
-        timeout_s: float | None,
-        is_cancelled: Callable[[], bool],
-    ) -> pa.RecordBatch | None:
+    def _next(self, iterator: Any, check: Callable[[], None]) -> pa.RecordBatch | None:
         future = asyncio.run_coroutine_threadsafe(_anext_or_none(iterator), self._loop)
         while True:
             try:
                 return future.result(timeout=_POLL_SECONDS)
             except concurrent.futures.TimeoutError:
-                if is_cancelled():
+                try:
+                    check()
+                except (QueryCancelled, QueryTimeout):
                     future.cancel()
-                    raise QueryCancelled("query cancelled by the client") from None
-                if deadline is not None and time.monotonic() > deadline:
-                    future.cancel()
-                    raise QueryTimeout(
-                        f"query exceeded the server's timeout of {timeout_s:g} s"
-                    ) from None
+                    raise
 
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

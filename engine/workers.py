@@ -20,14 +20,14 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import IO
 
 import pyarrow as pa
 
 from engine.config import EngineConfig
-from engine.errors import QueryCancelled, QueryTimeout, WorkerLost
+from engine.errors import WorkerLost
+from engine.runner import limits_check
 from engine.translate import classify_datafusion_error
 
 REQUEST = b"Q"
@@ -152,14 +152,7 @@ class QueryWorkers:
         is_cancelled: Callable[[], bool],
     ) -> Iterator[pa.RecordBatch]:
         """Run `plan` in a worker; batches with `schema`, at most `max_batch_bytes` each."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-
-        def until() -> None:
-            if is_cancelled():
-                raise QueryCancelled("query cancelled by the client")
-            if deadline is not None and time.monotonic() > deadline:
-                raise QueryTimeout(f"query exceeded the server's timeout of {timeout_s:g} s")
-
+        until = limits_check(timeout_s, is_cancelled)
         worker = self._take()
         reusable = False
         try:

@@ -110,6 +110,18 @@ def _send(address: str, kind: str, body: dict[str, Any], token: str | None) -> N
         client.close()
 
 
+def _fetch_to_file(address: str, key: ShuffleKey, token: str | None, path: Path,
+                   schema: pa.Schema | None = None) -> int:
+    """One shuffle file of another executor, fetched by DoGet into the local IPC file `path`
+    (with `schema`, or the sender's); the rows written. FlightError if it fails."""
+    client = flight.connect(address)
+    try:
+        reader = client.do_get(flight.Ticket(key.ticket()), _options(token))
+        return write_arrow_file(path, schema or reader.schema, (c.data for c in reader))
+    finally:
+        client.close()
+
+
 def _json(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body)
@@ -393,12 +405,7 @@ class CoordinatorService:
                              location.attempt)
             path = folder / f"{job}-{location.partition}.arrows"
             try:
-                client = flight.connect(self._addresses[location.executor])
-                try:
-                    reader = client.do_get(flight.Ticket(key.ticket()), _options(self._token))
-                    write_arrow_file(path, reader.schema, (c.data for c in reader))
-                finally:
-                    client.close()
+                _fetch_to_file(self._addresses[location.executor], key, self._token, path)
             except flight.FlightError as exc:
                 raise _ResultLost(location.executor, exc) from None
             paths.append(path)
@@ -498,6 +505,13 @@ class CoordinatorService:
         self._launcher.shutdown(wait=False, cancel_futures=True)
 
 
+def _output_key(attempt: TaskAttempt) -> ShuffleKey:
+    """The key of a task's output (partition 0; the others differ only there)."""
+    task = attempt.task
+    return ShuffleKey(task.job, task.stage, task.stage_attempt, 0, task.partition,
+                      attempt.attempt)
+
+
 class _ResultLost(Exception):
     def __init__(self, executor: ExecutorId, cause: Exception) -> None:
         super().__init__(" ".join(str(cause).split())[:200])
@@ -580,10 +594,9 @@ class ExecutorAgent:
             else:
                 counts = self._run_sql(attempt, message)
             self._faults.at(FaultPoint.AFTER_WRITE, attempt)
-            written = self._work_dir / task.job / f"{task.stage}.{task.stage_attempt}"
-            size = sum(ShuffleKey(task.job, task.stage, task.stage_attempt, p, task.partition,
-                                  attempt.attempt).path(self._work_dir).stat().st_size
-                       for p in counts) if written.exists() else 0
+            output = _output_key(attempt)
+            size = sum(replace(output, partition=p).path(self._work_dir).stat().st_size
+                       for p in counts)
             report: dict[str, Any] = {**_task_json(attempt), "ok": True,
                                       "rows": sum(counts.values()), "bytes": size,
                                       "seconds": round(time.monotonic() - started, 4)}
@@ -603,7 +616,6 @@ class ExecutorAgent:
 
     def _run_sql(self, attempt: TaskAttempt, message: dict[str, Any]) -> dict[int, int]:
         """A query the planner could not cut: plan its SQL here and run all of it."""
-        task = attempt.task
         parameters = None
         if "parameters" in message:
             schema = pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(
@@ -612,11 +624,7 @@ class ExecutorAgent:
                 pa.py_buffer(bytes.fromhex(message["parameters"])), schema)
         session = self._engine.session(str(message.get("default_schema") or "") or None)
         planned = session.plan(str(message["sql"]), parameters)
-        key = ShuffleKey(task.job, task.stage, task.stage_attempt, 0, task.partition,
-                         attempt.attempt)
-        cancelled = self._cancelled[attempt].is_set
-        batches = self._watched(attempt, self._engine.stream(planned, cancelled))
-        return write_map_output(self._work_dir, key, batches, planned.schema, [], 1)
+        return self._write_output(attempt, planned, [], 1)
 
     def _run_stage(self, attempt: TaskAttempt, message: dict[str, Any]) -> dict[int, int]:
         """One task of a stage: fetch its inputs, run its plan, write its partitions."""
@@ -634,15 +642,18 @@ class ExecutorAgent:
             }
             planned = stage_query(self._engine, StageTask(stage.plan, stage.schema,
                                                           stage.scans, inputs, scratch))
-            key = ShuffleKey(task.job, task.stage, task.stage_attempt, 0, task.partition,
-                             attempt.attempt)
-            cancelled = self._cancelled[attempt].is_set
-            batches = self._watched(attempt, self._engine.stream(planned, cancelled))
-            return write_map_output(self._work_dir, key, batches, stage.schema,
-                                    [f"c{k}" for k in stage.output_keys],
-                                    stage.output_partitions)
+            return self._write_output(attempt, planned, [f"c{k}" for k in stage.output_keys],
+                                      stage.output_partitions)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _write_output(self, attempt: TaskAttempt, planned: PlannedQuery, keys: list[str],
+                      partitions: int) -> dict[int, int]:
+        """Run the task's query and write its output partitions; rows per partition."""
+        cancelled = self._cancelled[attempt].is_set
+        batches = self._watched(attempt, self._engine.stream(planned, cancelled))
+        return write_map_output(self._work_dir, _output_key(attempt), batches, planned.schema,
+                                keys, partitions)
 
     def _watched(self, attempt: TaskAttempt, batches: Iterator[pa.RecordBatch]
                  ) -> Iterator[pa.RecordBatch]:
@@ -672,13 +683,7 @@ class ExecutorAgent:
                 continue
             target = scratch / "fetched" / f"{source.stage}-{origin.map_task}.arrows"
             try:
-                client = flight.connect(origin.address)
-                try:
-                    reader = client.do_get(flight.Ticket(key.ticket()), _options(self._token))
-                    rows = write_arrow_file(target, source.schema,
-                                            (chunk.data for chunk in reader))
-                finally:
-                    client.close()
+                rows = _fetch_to_file(origin.address, key, self._token, target, source.schema)
             except flight.FlightError as exc:
                 raise _FetchFailed(origin.executor, exc) from None
             log.info("%s fetched stage %s partition %s of map task %s from %s over "

@@ -96,9 +96,8 @@ class Faults:
     def __bool__(self) -> bool:
         return bool(self._faults)
 
-    def at(self, point: FaultPoint, attempt: TaskAttempt, partition: int | None = None
-           ) -> None:
-        """Carry out the faults set for `point` of this task (and output `partition`)."""
+    def at(self, point: FaultPoint, attempt: TaskAttempt) -> None:
+        """Carry out the faults set for `point` of this task."""
         task = attempt.task
         for fault in self._faults:
             if not fault.matches(point, task.stage, task.partition, attempt.attempt):
