@@ -20,6 +20,19 @@ def test_simple_query(conn: flightsql.Connection) -> None:
         assert cur.fetchall() == [(25,)]
 
 
+def test_information_schema_lists_catalog_tables(conn: flightsql.Connection) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = 'tpch' ORDER BY table_name")
+        assert [r[0] for r in cur.fetchall()] == sorted(
+            ["customer", "lineitem", "nation", "orders", "part", "partsupp", "region",
+             "supplier"])
+        cur.execute("SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = 'tpch' AND table_name = 'region' "
+                    "ORDER BY ordinal_position")
+        assert [r[0] for r in cur.fetchall()] == ["r_regionkey", "r_name", "r_comment"]
+
+
 def test_result_types_are_plain(conn: flightsql.Connection) -> None:
     with conn.cursor() as cur:
         cur.execute(
