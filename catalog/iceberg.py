@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlparse
 import pyarrow as pa
 from pyiceberg.catalog import Catalog as PyIcebergCatalog
 from pyiceberg.catalog import load_catalog
+from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
 from pyiceberg.exceptions import (
     NamespaceAlreadyExistsError,
     NamespaceNotEmptyError,
@@ -19,6 +20,8 @@ from pyiceberg.exceptions import (
     TableAlreadyExistsError,
 )
 from pyiceberg.table import Table as IcebergTable
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from catalog.api import Catalog, TableIdent, TableScan
 from catalog.errors import AlreadyExists, InvalidData, NamespaceNotFound, TableNotFound
@@ -58,6 +61,9 @@ def local_path(uri: str) -> str:
 class IcebergCatalog(Catalog):
     def __init__(self, backend: PyIcebergCatalog) -> None:
         self._backend = backend
+        # Each table's last scan, by the metadata file it was read from: metadata files
+        # never change, so a scan stays right until the table points at another one.
+        self._scans: dict[TableIdent, tuple[str, TableScan]] = {}
 
     @classmethod
     def embedded(cls, warehouse: str, name: str = "krishiv") -> IcebergCatalog:
@@ -109,19 +115,25 @@ class IcebergCatalog(Catalog):
             update.set_identifier_fields(*columns)
 
     def scan(self, ident: TableIdent) -> TableScan:
+        cached = self._scans.get(ident)
+        if cached is not None and cached[0] == self._metadata_location(ident):
+            return cached[1]
         table = self._load(ident)
-        schema = table.schema().as_arrow()
-        snapshot = table.current_snapshot()
-        if snapshot is None:
-            return TableScan(ident, schema, version="empty", arrow=schema.empty_table())
-        version = f"{table.metadata.table_uuid}:{snapshot.snapshot_id}"
-        tasks = list(table.scan().plan_files())
-        if any(task.delete_files for task in tasks):
-            # Only pyiceberg's reader applies delete files; never return deleted rows.
-            return TableScan(ident, schema, version, arrow=table.scan().to_arrow())
-        files = tuple(local_path(task.file.file_path) for task in tasks)
-        sizes = tuple(int(task.file.file_size_in_bytes) for task in tasks)
-        return TableScan(ident, schema, version, data_files=files, data_file_bytes=sizes)
+        scan = _scan_of(ident, table)
+        self._scans[ident] = (table.metadata_location, scan)
+        return scan
+
+    def _metadata_location(self, ident: TableIdent) -> str | None:
+        """The table's current metadata file, read cheaply where the backend allows
+        (one sqlite row, not the metadata file); None where it does not."""
+        if not isinstance(self._backend, SqlCatalog):
+            return None
+        query = select(IcebergTables.metadata_location).where(
+            IcebergTables.catalog_name == self._backend.name,
+            IcebergTables.table_namespace == ident.namespace,
+            IcebergTables.table_name == ident.name)
+        with Session(self._backend.engine) as session:
+            return session.execute(query).scalar_one_or_none()
 
     def create_table(self, ident: TableIdent, schema: pa.Schema) -> None:
         with _typed_errors():
@@ -159,6 +171,22 @@ class IcebergCatalog(Catalog):
         table = self._load(ident)
         with _typed_errors():
             return action(table)
+
+
+def _scan_of(ident: TableIdent, table: IcebergTable) -> TableScan:
+    """What reading `table` at its current snapshot takes: files, or rows already read."""
+    schema = table.schema().as_arrow()
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return TableScan(ident, schema, version="empty", arrow=schema.empty_table())
+    version = f"{table.metadata.table_uuid}:{snapshot.snapshot_id}"
+    tasks = list(table.scan().plan_files())
+    if any(task.delete_files for task in tasks):
+        # Only pyiceberg's reader applies delete files; never return deleted rows.
+        return TableScan(ident, schema, version, arrow=table.scan().to_arrow())
+    files = tuple(local_path(task.file.file_path) for task in tasks)
+    sizes = tuple(int(task.file.file_size_in_bytes) for task in tasks)
+    return TableScan(ident, schema, version, data_files=files, data_file_bytes=sizes)
 
 
 def _iceberg_type(dtype: pa.DataType) -> pa.DataType:

@@ -134,6 +134,8 @@ class CatalogBridge(CatalogProvider):
         return set(self._tables.catalog.list_namespaces())
 
     def schema(self, name: str) -> _NamespaceSchema | None:  # type: ignore[override]
-        if not self._tables.catalog.namespace_exists(name):
+        # A namespace holding a resolved table exists; asking the catalog costs a query.
+        known = any(ident.namespace == name for ident in self._resolved)
+        if not known and not self._tables.catalog.namespace_exists(name):
             return None
         return _NamespaceSchema(self._tables, name, self._resolved)

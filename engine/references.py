@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 
@@ -17,7 +18,9 @@ _EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+(ANALYZE|VERBOSE|FORMAT\s+\w+))*\s+", re.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 
-def referenced_tables(sql: str, default_schema: str) -> set[TableIdent]:
+# Parsing costs milliseconds and clients repeat their statements (prepare, then execute).
+@functools.lru_cache(maxsize=512)
+def referenced_tables(sql: str, default_schema: str) -> frozenset[TableIdent]:
     """Tables named in `sql`, with unquoted names folded to lower case as DataFusion does.
 
     Best effort: text sqlglot cannot parse yields nothing, and DataFusion will still
@@ -26,7 +29,7 @@ def referenced_tables(sql: str, default_schema: str) -> set[TableIdent]:
     try:
         statements = sqlglot.parse(_EXPLAIN.sub("", sql), read="postgres")
     except SqlglotError:
-        return set()
+        return frozenset()
     found: set[TableIdent] = set()
     for statement in statements:
         if statement is None:
@@ -37,7 +40,7 @@ def referenced_tables(sql: str, default_schema: str) -> set[TableIdent]:
                 continue
             schema = _identifier(table.args.get("db")) or default_schema
             found.add(TableIdent(schema, name))
-    return found
+    return frozenset(found)
 
 
 def _identifier(node: exp.Expression | None) -> str:

@@ -199,11 +199,12 @@ class Session:
         with translated_errors():
             return writer.run(statement, text, values)
 
-    def parameter_schema(self, sql: str) -> pa.Schema:
-        text = self._translate(sql)
-        ctx = self._context_for(text)
+    @staticmethod
+    def parameter_schema(query: PlannedQuery) -> pa.Schema:
+        """The parameters a query planned without values takes."""
+        assert query.frame is not None
         with translated_errors():
-            return parameter_schema(ctx.sql(text, options=READ_ONLY).logical_plan())
+            return parameter_schema(query.frame.logical_plan())
 
     def _context_for(self, sql: str) -> SessionContext:
         with translated_errors():

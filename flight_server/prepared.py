@@ -42,7 +42,7 @@ class PreparedStatements:
             statement = PreparedStatement(session, request.query, pa.schema([]), pa.schema([]))
         else:
             planned = session.plan(request.query)
-            parameters = session.parameter_schema(request.query)
+            parameters = session.parameter_schema(planned)
             statement = PreparedStatement(session, request.query, planned.schema, parameters)
         handle = self._statements.add(statement)
         return sql.ActionCreatePreparedStatementResult(
