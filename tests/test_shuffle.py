@@ -21,6 +21,7 @@ from engine.distributed.shuffle import (
     BadShuffleKey,
     ShuffleKey,
     partition_ids,
+    split_by_partition,
     sweep_work_dir,
     write_map_output,
 )
@@ -158,3 +159,14 @@ def test_executor_needs_a_token_or_insecure(tmp_path: Path) -> None:
         start_executor(tmp_path / "work", tmp_path, None)
     running = start_executor(tmp_path / "work", tmp_path, None, ["--insecure"])
     running.stop()
+
+
+def test_split_by_partition_keeps_each_partitions_rows_in_order() -> None:
+    batch = pa.record_batch({"k": list(range(1000)), "v": [str(i) for i in range(1000)]})
+    ids = partition_ids(batch, ["k"], 5)
+    pieces = split_by_partition(batch, ids, 5)
+    assert len(pieces) == 5
+    for partition, piece in enumerate(pieces):
+        expected = batch.filter(pc.equal(ids, partition))
+        assert piece.to_pylist() == expected.to_pylist()
+    assert sum(piece.num_rows for piece in pieces) == 1000

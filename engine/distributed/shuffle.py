@@ -111,18 +111,47 @@ def open_result_ticket(raw: bytes, secret: str, now: float) -> ShuffleKey:
     return ShuffleKey.from_ticket(key)
 
 
-def partition_ids(batch: pa.RecordBatch, keys: list[str], partitions: int) -> pa.Array:
-    """pmod(xxhash64(keys...), partitions) for each row: the same in every process."""
+def partition_ids(batch: pa.RecordBatch, keys: list[str], partitions: int,
+                  ctx: datafusion.SessionContext | None = None) -> pa.Array:
+    """pmod(xxhash64(keys...), partitions) for each row: the same in every process.
+
+    `ctx` (from `hashing_context`) saves making a context per batch.
+    """
     if partitions == 1:
         return pa.array([0] * batch.num_rows, pa.int64())
+    ctx = ctx or hashing_context()
+    ctx.register_record_batches("shuffled", [[batch]])
+    try:
+        columns = ", ".join('"' + key.replace('"', '""') + '"' for key in keys)
+        query = f"SELECT pmod(xxhash64({columns}), {int(partitions)}) FROM shuffled"
+        chunks = [b.column(0) for b in ctx.sql(query).collect()]
+    finally:
+        ctx.deregister_table("shuffled")
+    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.int64())
+
+
+def hashing_context() -> datafusion.SessionContext:
     # One partition: with more, DataFusion may reorder rows and misalign the ids.
     ctx = datafusion.SessionContext(datafusion.SessionConfig().with_target_partitions(1))
     ctx.enable_spark_functions()  # pmod and xxhash64
-    ctx.register_record_batches("shuffled", [[batch]])
-    columns = ", ".join('"' + key.replace('"', '""') + '"' for key in keys)
-    query = f"SELECT pmod(xxhash64({columns}), {int(partitions)}) FROM shuffled"
-    chunks = [b.column(0) for b in ctx.sql(query).collect()]
-    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.int64())
+    return ctx
+
+
+def split_by_partition(batch: pa.RecordBatch, ids: pa.Array, partitions: int
+                       ) -> list[pa.RecordBatch]:
+    """`batch`'s rows per partition id, each in its original order (one stable sort and
+    one take, not a filter per partition)."""
+    ordered = batch.take(pc.sort_indices(ids))
+    counts = pc.value_counts(ids)
+    sizes = dict.fromkeys(range(partitions), 0)
+    for value, count in zip(counts.field("values").to_pylist(),
+                            counts.field("counts").to_pylist(), strict=True):
+        sizes[value] = count
+    pieces, offset = [], 0
+    for partition in range(partitions):
+        pieces.append(ordered.slice(offset, sizes[partition]))
+        offset += sizes[partition]
+    return pieces
 
 
 def write_map_output(
@@ -140,17 +169,17 @@ def write_map_output(
     targets = [replace(task, partition=p) for p in range(partitions)]
     temporary = [t.path(work_dir).with_suffix(f".{uuid.uuid4().hex}.tmp") for t in targets]
     counts = dict.fromkeys(range(partitions), 0)
+    ctx = hashing_context()
     try:
         writers = []
         for path in temporary:
             path.parent.mkdir(parents=True, exist_ok=True)
             writers.append(pa.ipc.new_file(str(path), schema, options=_WRITE_OPTIONS))
         for batch in batches:
-            ids = partition_ids(batch, keys, partitions)
-            for partition, writer in enumerate(writers):
-                piece = batch.filter(pc.equal(ids, partition))
+            ids = partition_ids(batch, keys, partitions, ctx)
+            for partition, piece in enumerate(split_by_partition(batch, ids, partitions)):
                 if piece.num_rows:
-                    writer.write_batch(piece)
+                    writers[partition].write_batch(piece)
                     counts[partition] += piece.num_rows
         for writer in writers:
             writer.close()
