@@ -1,37 +1,47 @@
-"""TPC-H side by side: Krishiv (ADBC), DataFusion in-process, DuckDB in-process.
+"""TPC-H side by side in one run: Krishiv embedded and single-node (ADBC), DataFusion
+in-process, DuckDB in-process, and Ballista where it can be installed.
 
-Krishiv runs embedded, or with `--executors N` as a single-node cluster (the distributed
-path: stages, shuffles over Flight), or with `--separate` as a coordinator and N executor
-processes started one by one as the README's distributed mode does. All engines read the
-same Parquet files (the Iceberg snapshot files Krishiv serves); every Krishiv answer is
-checked against DuckDB's. Warm runs; the median of `--runs`.
+Every engine reads the same Parquet files, made by tpchgen-cli and committed as the
+Iceberg tables Krishiv serves. Krishiv runs as real processes: `krishiv serve` (embedded)
+and `krishiv serve --executors N` (single-node cluster: stages and Flight shuffles), or
+with `--separate` a coordinator and N executors started one by one. DataFusion gets the
+same target partitions as Krishiv (the machine's cores). Every Krishiv answer is checked
+against DuckDB's. Warm runs; per engine and query the median of `--runs`.
 
-    python -m bench.tpch --scale 1 [--runs 3] [--queries 1,3,6] [--warehouse DIR]
-                         [--executors 2 [--separate] [--shuffle-partitions 4]]
+    python -m bench tpch --scale 1 [--runs 3] [--queries 1-22] [--warehouse DIR]
+                         [--executors 2] [--separate] [--no-cluster]
+                         [--json FILE] [--plot FILE.png]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
-import secrets
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import adbc_driver_flightsql.dbapi as flightsql
 import datafusion
 
+from bench.servers import KrishivMode, running_krishiv
 from catalog import IcebergCatalog, TableIdent
 from engine.demo import DEMO_NAMESPACE, TPCH_TABLES, load_tpch_demo
 from tests.reference import as_multiset, duckdb_over_catalog, tpch_queries
-from tests.servers import free_port
+
+# Why there is no Ballista column on these machines (checked with pip, 2026-11-29).
+BALLISTA_UNAVAILABLE = (
+    "PyPI `ballista` 54.1.0 is a source distribution only; building it runs cargo, which "
+    "must fetch DataFusion and Ballista crates from crates.io, a registry these machines "
+    "cannot reach (pip fails: 'Could not resolve host: index.crates.io')")
+
+Runner = Callable[[str], object]
 
 
 def _median_seconds(run: Callable[[], object], runs: int) -> tuple[float, object]:
@@ -44,120 +54,185 @@ def _median_seconds(run: Callable[[], object], runs: int) -> tuple[float, object
     return statistics.median(times), result
 
 
-def _datafusion(catalog: IcebergCatalog) -> datafusion.SessionContext:
-    config = datafusion.SessionConfig().set(
-        "datafusion.execution.parquet.schema_force_view_types", "false")
+def _datafusion(catalog: IcebergCatalog, partitions: int, links: Path
+                ) -> datafusion.SessionContext:
+    """DataFusion over each table's snapshot files, as one listing table (a folder of
+    links to exactly those files), with the same target partitions as Krishiv."""
+    config = (datafusion.SessionConfig()
+              .set("datafusion.execution.parquet.schema_force_view_types", "false")
+              .with_target_partitions(partitions))
     ctx = datafusion.SessionContext(config)
     for name in TPCH_TABLES:
-        files = catalog.scan(TableIdent(DEMO_NAMESPACE, name)).data_files
-        frame = ctx.read_parquet(files[0])
-        for path in files[1:]:
-            frame = frame.union(ctx.read_parquet(path))
-        ctx.register_view(name, frame)
+        folder = links / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for number, path in enumerate(catalog.scan(TableIdent(DEMO_NAMESPACE, name)).data_files):
+            link = folder / f"{number:05d}.parquet"
+            link.unlink(missing_ok=True)
+            link.symlink_to(path.removeprefix("file://"))
+        ctx.register_listing_table(name, str(folder), file_extension=".parquet")
     return ctx
 
 
-def main() -> None:
+def _ballista() -> tuple[Runner | None, str]:
+    try:
+        import ballista  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return None, BALLISTA_UNAVAILABLE
+    return None, "ballista imports here, but this harness has no Ballista runner yet"
+
+
+@contextmanager
+def _krishiv_client(port: int) -> Iterator[Runner]:
+    warnings.filterwarnings("ignore", message="Cannot disable autocommit")
+    conn = flightsql.connect(f"grpc://127.0.0.1:{port}")
+    cursor = conn.cursor()
+
+    def run(text: str) -> object:
+        cursor.execute(text)
+        return cursor.fetchall()
+
+    try:
+        yield run
+    finally:
+        cursor.close()
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--queries", default="1-22")
     parser.add_argument("--warehouse", type=Path, default=None)
-    parser.add_argument("--executors", type=int, default=0)
+    parser.add_argument("--executors", type=int, default=2)
     parser.add_argument("--shuffle-partitions", type=int, default=4)
     parser.add_argument("--separate", action="store_true",
                         help="start `krishiv coordinator` and `krishiv executor` processes "
-                             "(distributed mode) instead of `krishiv serve --executors N`")
-    args = parser.parse_args()
+                             "instead of `krishiv serve --executors N`")
+    parser.add_argument("--no-cluster", action="store_true",
+                        help="leave out the single-node cluster column")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="PNG of per-query ratios to DataFusion")
+    args = parser.parse_args(argv)
     numbers = _parse_queries(args.queries)
     warehouse = args.warehouse or Path(tempfile.mkdtemp(prefix="krishiv-bench-"))
     catalog = IcebergCatalog.embedded(str(warehouse))
     load_tpch_demo(catalog, args.scale, scratch=warehouse)
     duck = duckdb_over_catalog(catalog)
     texts = tpch_queries(duck)
-    ctx = _datafusion(catalog)
-    port = free_port()
-    log_path = warehouse / "bench-server.log"
-    processes = _start_krishiv(args, warehouse, port, log_path)
-    try:
-        warnings.filterwarnings("ignore", message="Cannot disable autocommit")
-        conn = flightsql.connect(f"grpc://127.0.0.1:{port}")
-        cursor = conn.cursor()
-
-        def krishiv(text: str) -> Callable[[], object]:
-            def run() -> object:
-                cursor.execute(text)
-                return cursor.fetchall()
-            return run
-
-        mode = "embedded"
-        if args.executors:
-            how = "started by hand" if args.separate else "of `serve --executors`"
-            mode = (f"coordinator + {args.executors} executors {how}, "
-                    f"{args.shuffle_partitions} shuffle partitions")
-        print(f"TPC-H SF {args.scale:g}, Krishiv {mode}, median of {args.runs} warm runs, "
-              "seconds")
-        print(f"{'query':>5} {'krishiv':>9} {'datafusion':>11} {'duckdb':>8} "
-              f"{'k/df':>6} {'k/duck':>7} answer")
-        ratios_df, ratios_duck = [], []
-        for number in numbers:
-            text = texts[number]
-            k_time, k_rows = _median_seconds(krishiv(text), args.runs)
-            d_time, _ = _median_seconds(lambda t=text: ctx.sql(t).collect(), args.runs)
-            u_time, expected = _median_seconds(lambda t=text: duck.execute(t).fetchall(),
-                                               args.runs)
-            correct = as_multiset(k_rows) == as_multiset(expected)  # type: ignore[arg-type]
-            ratios_df.append(k_time / d_time)
-            ratios_duck.append(k_time / u_time)
-            print(f"{number:>5} {k_time:9.3f} {d_time:11.3f} {u_time:8.3f} "
-                  f"{k_time / d_time:6.2f} {k_time / u_time:7.2f} "
-                  f"{'ok' if correct else 'WRONG'}")
-        print(f"geometric mean ratio krishiv/datafusion {_geomean(ratios_df):.2f}, "
-              f"krishiv/duckdb {_geomean(ratios_duck):.2f}")
-        cursor.close()
-        conn.close()
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-            process.wait(timeout=30)
+    partitions = os.cpu_count() or 1
+    ctx = _datafusion(catalog, partitions, Path(tempfile.mkdtemp(prefix="krishiv-df-")))
+    _, ballista_note = _ballista()
+    modes = {"embedded": KrishivMode()}
+    if not args.no_cluster:
+        modes["single-node"] = KrishivMode(args.executors, args.separate,
+                                           args.shuffle_partitions)
+    with ExitStack() as stack:
+        runners: dict[str, Runner] = {}
+        for column, mode in modes.items():
+            port = stack.enter_context(
+                running_krishiv(mode, warehouse, args.scale, f"bench-{column}.log"))
+            runners[column] = stack.enter_context(_krishiv_client(port))
+        runners["datafusion"] = lambda t: ctx.sql(t).collect()
+        runners["duckdb"] = lambda t: duck.execute(t).fetchall()
+        results = _run_all(runners, texts, numbers, args.runs, list(modes))
+    report = {
+        "scale": args.scale, "runs": args.runs, "target_partitions": partitions,
+        "modes": {column: mode.describe() for column, mode in modes.items()},
+        "versions": {"datafusion": datafusion.__version__, "duckdb": duck.execute(
+            "SELECT version()").fetchone()[0]},  # type: ignore[index]
+        "ballista": ballista_note, "queries": results,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    _print_markdown(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    if args.plot:
+        plot_ratios(report, args.plot)
 
 
-def _start_krishiv(args: argparse.Namespace, warehouse: Path, port: int, log_path: Path
-                   ) -> list[subprocess.Popen[bytes]]:
-    """The server (and executors) as the chosen mode runs them, ready for queries."""
-    krishiv = str(Path(sys.executable).parent / "krishiv")
-    common = ["--port", str(port), "--warehouse", str(warehouse), "--default-schema",
-              DEMO_NAMESPACE, "--demo", "--demo-scale", f"{args.scale:g}"]
-    cluster = ["--shuffle-partitions", str(args.shuffle_partitions)]
-    env = {**os.environ, "KRISHIV_EXECUTOR_TASK_BEARER_TOKEN": secrets.token_urlsafe(16)}
-    if not args.executors:
-        commands = [[krishiv, "serve", *common]]
-    elif not args.separate:
-        commands = [[krishiv, "serve", *common, *cluster, "--executors", str(args.executors)]]
-    else:
-        commands = [[krishiv, "coordinator", *common, *cluster]] + [
-            [krishiv, "executor", "--coordinator", f"grpc://127.0.0.1:{port}", "--port", "0",
-             "--warehouse", str(warehouse), "--work-dir", str(warehouse / f"executor-{i}")]
-            for i in range(args.executors)]
-    processes: list[subprocess.Popen[bytes]] = []
-    with open(log_path, "w") as log:
-        for number, command in enumerate(commands):
-            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                              env=env))
-            if number == 0:
-                _wait_for_line(log_path, "serving Flight SQL", processes[0])
-    if args.executors:
-        _wait_for_line(log_path, "joined at", processes[0], args.executors)
-    return processes
+def _run_all(runners: dict[str, Runner], texts: dict[int, str], numbers: list[int],
+             runs: int, checked: list[str]) -> dict[str, dict[str, object]]:
+    """Per query: each engine's median seconds, and whether each Krishiv answer matched."""
+    results: dict[str, dict[str, object]] = {}
+    for number in numbers:
+        text = texts[number]
+        row: dict[str, object] = {}
+        answers: dict[str, object] = {}
+        for column, runner in runners.items():
+            row[column], answers[column] = _median_seconds(lambda r=runner, t=text: r(t), runs)
+        expected = as_multiset(answers["duckdb"])  # type: ignore[arg-type]
+        row["correct"] = {c: as_multiset(answers[c]) == expected  # type: ignore[arg-type]
+                          for c in checked}
+        results[str(number)] = row
+        print(f"q{number}: " + ", ".join(f"{c} {row[c]:.3f}s" for c in runners)  # type: ignore[str-format]
+              + ("" if all(row["correct"].values()) else "  WRONG ANSWER"),  # type: ignore[attr-defined]
+              flush=True)
+    return results
 
 
-def _wait_for_line(path: Path, text: str, server: subprocess.Popen[bytes],
-                   count: int = 1) -> None:
-    deadline = time.monotonic() + 600
-    while path.read_text().count(text) < count:
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"server did not start; see {path}")
-        time.sleep(0.2)
+def engine_columns(report: dict) -> list[str]:  # type: ignore[type-arg]
+    return [c for c in ("embedded", "single-node") if c in report["modes"]]
+
+
+def geomean_ratio(report: dict, column: str, base: str) -> float:  # type: ignore[type-arg]
+    rows = report["queries"].values()
+    return _geomean([row[column] / row[base] for row in rows])
+
+
+def _print_markdown(report: dict) -> None:  # type: ignore[type-arg]
+    ours = engine_columns(report)
+    print(f"\nTPC-H SF {report['scale']:g}, median of {report['runs']} warm runs, seconds; "
+          f"{report['target_partitions']} target partitions; {report['date']}")
+    for column in ours:
+        print(f"- {column}: {report['modes'][column]}")
+    print(f"- Ballista: not run. {report['ballista']}\n")
+    header = ours + ["datafusion", "duckdb"] + [f"{c}/df" for c in ours] + ["duckdb/df"]
+    if "single-node" in ours:
+        header.append("single/embedded")
+    print("| query | " + " | ".join(header) + " | answers |")
+    print("|" + " --- |" * (len(header) + 2))
+    for number, row in report["queries"].items():
+        cells = [f"{row[c]:.3f}" for c in [*ours, "datafusion", "duckdb"]]
+        cells += [f"{row[c] / row['datafusion']:.2f}" for c in [*ours, "duckdb"]]
+        if "single-node" in ours:
+            cells.append(f"{row['single-node'] / row['embedded']:.2f}")
+        answers = "ok" if all(row["correct"].values()) else "WRONG"
+        print(f"| {number} | " + " | ".join(cells) + f" | {answers} |")
+    summary = [f"{c}/datafusion {geomean_ratio(report, c, 'datafusion'):.2f}"
+               for c in [*ours, "duckdb"]]
+    if "single-node" in ours:
+        summary.append(f"single-node/embedded "
+                       f"{geomean_ratio(report, 'single-node', 'embedded'):.2f}")
+    print("\nGeometric means: " + ", ".join(summary))
+
+
+def plot_ratios(report: dict, path: Path) -> None:  # type: ignore[type-arg]
+    """Bars per query: each engine's time over DataFusion's (log scale, 1.0 = parity)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [*engine_columns(report), "duckdb"]
+    numbers = list(report["queries"])
+    width = 0.8 / len(columns)
+    figure, axes = plt.subplots(figsize=(12, 4.5))
+    for index, column in enumerate(columns):
+        ratios = [report["queries"][n][column] / report["queries"][n]["datafusion"]
+                  for n in numbers]
+        label = f"{column} (geomean {geomean_ratio(report, column, 'datafusion'):.2f})"
+        axes.bar([i + (index - (len(columns) - 1) / 2) * width for i in range(len(numbers))],
+                 ratios, width, label=label)
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.set_yscale("log")
+    axes.set_xticks(range(len(numbers)), [f"q{n}" for n in numbers])
+    axes.set_ylabel("time / DataFusion in-process")
+    axes.set_title(f"TPC-H SF {report['scale']:g}: per-query time relative to DataFusion "
+                   f"({report['date']}, median of {report['runs']})")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
 
 
 def _geomean(values: list[float]) -> float:

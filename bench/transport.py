@@ -105,12 +105,12 @@ def measure(kind: str, rows: int, batch_rows: int, runs: int) -> float:
         process.join(timeout=30)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="DoGet throughput, grpcio vs pyarrow")
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--batch-rows", type=int, default=65536)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = {
         kind: measure(kind, args.rows, args.batch_rows, args.runs)
         for kind in ("krishiv", "pyarrow")
