@@ -39,6 +39,7 @@ def running_krishiv(mode: KrishivMode, warehouse: Path, scale: float,
                     log_name: str = "bench-server.log") -> Iterator[int]:
     """Start Krishiv over `warehouse` (TPC-H demo at `scale`), yield its port, stop it."""
     port = free_port()
+    warehouse.mkdir(parents=True, exist_ok=True)
     processes = _start(mode, warehouse, scale, port, warehouse / log_name)
     try:
         yield port

@@ -31,6 +31,17 @@ class Admission:
                 self._running -= 1
                 self._changed.notify()
 
+    def refuse_if_full(self) -> None:
+        """Refuse at once when a query could not even wait: called before planning, so a
+        client turned away does not first pay for a prepare and a plan."""
+        with self._changed:
+            if self._running >= self._max_running and self._queued >= self._max_queued:
+                raise self._busy()
+
+    def _busy(self) -> ServerBusy:
+        return ServerBusy(f"server busy: {self._running} queries running and {self._queued} "
+                          "waiting; try again later")
+
     def _enter(self, is_cancelled: Callable[[], bool], timeout_s: float | None) -> None:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._changed:
@@ -38,10 +49,7 @@ class Admission:
                 self._running += 1
                 return
             if self._queued >= self._max_queued:
-                raise ServerBusy(
-                    f"server busy: {self._running} queries running and {self._queued} "
-                    "waiting; try again later"
-                )
+                raise self._busy()
             self._queued += 1
             try:
                 while self._running >= self._max_running:

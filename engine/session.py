@@ -203,6 +203,8 @@ class Session:
     def parameter_schema(query: PlannedQuery) -> pa.Schema:
         """The parameters a query planned without values takes."""
         assert query.frame is not None
+        if "$" not in query.text:  # no placeholder: skip walking the plan
+            return pa.schema([])
         with translated_errors():
             return parameter_schema(query.frame.logical_plan())
 

@@ -11,7 +11,9 @@ Frames on both pipes: one kind byte, an 8-byte big-endian length, the payload.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import select
@@ -37,6 +39,7 @@ ERROR = b"X"
 _HEADER = struct.Struct(">cQ")
 _POLL_SECONDS = 0.05
 _READ_CHUNK = 1 << 20
+_PIPE_BYTES = 1 << 20
 
 
 def write_frame(out: IO[bytes], kind: bytes, payload: bytes | pa.Buffer = b"") -> None:
@@ -86,6 +89,10 @@ class _Worker:
         self._stdin = self.process.stdin
         self._fd = self.process.stdout.fileno()
         os.set_blocking(self._fd, False)
+        # Results arrive in batches of megabytes: fewer wake-ups with a larger pipe (kept
+        # at the default where the system's pipe-max-size is lower).
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
 
     def send(self, payload: bytes) -> None:
         try:

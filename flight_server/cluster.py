@@ -101,25 +101,49 @@ def _options(token: str | None) -> flight.FlightCallOptions:
     return flight.FlightCallOptions(headers=headers, timeout=30)
 
 
+class _Clients:
+    """One Flight client per node address, shared by all calls to it.
+
+    A new connection per call cost a TCP and HTTP/2 handshake on every task launch,
+    report and fetch. A client whose call fails is dropped, so the next call to that
+    address (perhaps a new executor there) starts afresh.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_address: dict[str, flight.FlightClient] = {}
+
+    @contextlib.contextmanager
+    def use(self, address: str) -> Iterator[flight.FlightClient]:
+        with self._lock:
+            client = self._by_address.get(address)
+            if client is None:
+                client = self._by_address[address] = flight.connect(address)
+        try:
+            yield client
+        except flight.FlightError:
+            with self._lock:
+                if self._by_address.get(address) is client:
+                    del self._by_address[address]
+            raise
+
+
+_CLIENTS = _Clients()
+
+
 def _send(address: str, kind: str, body: dict[str, Any], token: str | None) -> None:
     """One control action to another node, its JSON `body` as the action body."""
-    client = flight.connect(address)
-    try:
+    with _CLIENTS.use(address) as client:
         list(client.do_action(flight.Action(kind, json.dumps(body).encode()), _options(token)))
-    finally:
-        client.close()
 
 
 def _fetch_to_file(address: str, key: ShuffleKey, token: str | None, path: Path,
                    schema: pa.Schema | None = None) -> int:
     """One shuffle file of another executor, fetched by DoGet into the local IPC file `path`
     (with `schema`, or the sender's); the rows written. FlightError if it fails."""
-    client = flight.connect(address)
-    try:
+    with _CLIENTS.use(address) as client:
         reader = client.do_get(flight.Ticket(key.ticket()), _options(token))
         return write_arrow_file(path, schema or reader.schema, (c.data for c in reader))
-    finally:
-        client.close()
 
 
 def _json(body: bytes) -> dict[str, Any]:

@@ -86,6 +86,8 @@ class FlightSqlHandler:
         if isinstance(command, METADATA_COMMANDS):
             # A metadata command is its own ticket.
             return flight_info(self._metadata.schema_for(command), descriptor, descriptor.cmd)
+        if self._cluster is None:
+            self.engine.admission.refuse_if_full()
         return self._statements.flight_info(self._plan(call, command), descriptor,
                                             call.is_cancelled)
 
@@ -157,6 +159,8 @@ class FlightSqlHandler:
                 raise InvalidArgument("CreatePreparedStatement needs its request message")
             if request.HasField("transaction_id"):
                 raise Unimplemented("transactions are not supported")
+            if self._cluster is None:
+                self.engine.admission.refuse_if_full()
             return iter([pack(self._prepared.create(self._sessions.session_for(call), request))])
         if kind == CLOSE_PREPARED:
             request = unpack(body)

@@ -160,6 +160,13 @@ def test_full_queue_is_unavailable_at_once(one_slot: RunningServer) -> None:
     assert code == grpc.StatusCode.UNAVAILABLE
     assert message.startswith("server busy")
     assert time.monotonic() - started < 2
+    # Refused before planning: at GetFlightInfo and at prepare, not only at DoGet.
+    with pytest.raises(flight.FlightUnavailableError, match="server busy"):
+        waiting_client.get_flight_info(quick, options)
+    prepare = pack(sql.ActionCreatePreparedStatementRequest(query="SELECT 1"))
+    with pytest.raises(flight.FlightUnavailableError, match="server busy"):
+        list(waiting_client.do_action(flight.Action("CreatePreparedStatement", prepare),
+                                      options))
     request = fpb.CancelFlightInfoRequest(info=fpb.FlightInfo.FromString(info.serialize()))
     list(client.do_action(flight.Action("CancelFlightInfo", request.SerializeToString()),
                           options))
