@@ -7,7 +7,15 @@ cast to a plain, declared schema at this one boundary.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Iterator
+
 import pyarrow as pa
+
+# A result batch still encoded as one encapsulated Arrow IPC message, as a query worker
+# sent it: forwarded to the client as it is, not decoded and encoded again.
+EncodedBatch = pa.Buffer
+ResultBatch = pa.RecordBatch | EncodedBatch
 
 
 def plain_type(dtype: pa.DataType) -> pa.DataType:
@@ -55,3 +63,28 @@ def split_batch(batch: pa.RecordBatch, max_bytes: int) -> list[pa.RecordBatch]:
     pieces = -(-size // max_bytes)
     rows = -(-batch.num_rows // pieces)
     return [batch.slice(start, rows) for start in range(0, batch.num_rows, rows)]
+
+
+def sized_batches(batches: Iterable[pa.RecordBatch], max_bytes: int,
+                  max_hold_s: float = 0.1) -> Iterator[pa.RecordBatch]:
+    """`batches` (of one schema) regrouped into batches of about `max_bytes`: big ones
+    split, small ones combined. Every result message costs a fixed amount on each hop
+    (pipe, gRPC, client), so fewer, larger ones stream faster. Small batches are held at
+    most about `max_hold_s`, so a slow query's rows still arrive as they come."""
+    held: list[pa.RecordBatch] = []
+    held_bytes = 0
+    held_since = 0.0
+    for batch in batches:
+        if held and (held_bytes + batch.nbytes > max_bytes
+                     or time.monotonic() - held_since > max_hold_s):
+            yield pa.concat_batches(held) if len(held) > 1 else held[0]
+            held, held_bytes = [], 0
+        if batch.nbytes >= max_bytes:
+            yield from split_batch(batch, max_bytes)
+            continue
+        if not held:
+            held_since = time.monotonic()
+        held.append(batch)
+        held_bytes += batch.nbytes
+    if held:
+        yield pa.concat_batches(held) if len(held) > 1 else held[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import overload
 
 import pyarrow as pa
 from datafusion import DataFrame, SessionContext, SQLOptions
@@ -12,7 +13,7 @@ from datafusion.plan import LogicalPlan
 
 from catalog import Catalog, NamespaceNotFound, TableIdent, TableNotFound
 from engine.admission import Admission
-from engine.arrow_types import conform_batch, plain_schema, split_batch
+from engine.arrow_types import ResultBatch, conform_batch, plain_schema, split_batch
 from engine.bridge import CatalogBridge, TableCache, base_context
 from engine.config import EngineConfig
 from engine.dialects import DATAFUSION, to_datafusion
@@ -89,9 +90,19 @@ class SqlEngine:
         ctx.register_catalog_provider(self.config.catalog_name, bridge)
         return ctx
 
+    @overload
+    def stream(self, query: PlannedQuery, is_cancelled: Callable[[], bool]
+               ) -> Iterator[pa.RecordBatch]: ...
+
+    @overload
+    def stream(self, query: PlannedQuery, is_cancelled: Callable[[], bool], encoded: bool
+               ) -> Iterator[ResultBatch]: ...
+
     def stream(
-        self, query: PlannedQuery, is_cancelled: Callable[[], bool]
-    ) -> Iterator[pa.RecordBatch]:
+        self, query: PlannedQuery, is_cancelled: Callable[[], bool], encoded: bool = False
+    ) -> Iterator[ResultBatch]:
+        """The query's result batches; with `encoded`, batches from a query worker come as
+        the IPC messages it sent (for a client, not for computing on)."""
         if query.rows is not None:
             yield from query.rows.to_batches()
             return
@@ -101,7 +112,8 @@ class SqlEngine:
             with translated_errors():
                 plan = shippable_plan(query.frame)
             if plan is not None:
-                yield from self._workers.batches(plan, query.schema, timeout_s, is_cancelled)
+                yield from self._workers.batches(plan, query.schema, timeout_s, is_cancelled,
+                                                 encoded)
                 return
             batches = self._runner.batches(query.frame, timeout_s, is_cancelled)
             with translated_errors():

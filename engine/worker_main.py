@@ -18,7 +18,7 @@ import pyarrow as pa
 from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
-from engine.arrow_types import conform_batch, split_batch
+from engine.arrow_types import conform_batch, sized_batches
 from engine.bridge import base_context
 from engine.workers import BATCH, END, ERROR, REQUEST, decode_request, read_frame, write_frame
 
@@ -73,9 +73,9 @@ def _run(payload: bytes, out: IO[bytes]) -> None:
     config, schema, plan_bytes = decode_request(payload)
     ctx = base_context(config)
     plan = ExecutionPlan.from_bytes(ctx, plan_bytes)
-    for batch in _partition_batches(ctx, plan):
-        for piece in split_batch(batch, config.max_batch_bytes):
-            write_frame(out, BATCH, conform_batch(piece, schema).serialize())
+    conformed = (conform_batch(batch, schema) for batch in _partition_batches(ctx, plan))
+    for batch in sized_batches(conformed, config.max_batch_bytes):
+        write_frame(out, BATCH, batch.serialize())
     write_frame(out, END)
 
 

@@ -27,6 +27,7 @@ from typing import IO
 
 import pyarrow as pa
 
+from engine.arrow_types import ResultBatch
 from engine.config import EngineConfig
 from engine.errors import WorkerLost
 from engine.runner import limits_check
@@ -157,8 +158,10 @@ class QueryWorkers:
         schema: pa.Schema,
         timeout_s: float | None,
         is_cancelled: Callable[[], bool],
-    ) -> Iterator[pa.RecordBatch]:
-        """Run `plan` in a worker; batches with `schema`, at most `max_batch_bytes` each."""
+        encoded: bool = False,
+    ) -> Iterator[ResultBatch]:
+        """Run `plan` in a worker; batches with `schema`, at most `max_batch_bytes` each
+        (with `encoded`, as the IPC messages the worker sent)."""
         until = limits_check(timeout_s, is_cancelled)
         worker = self._take()
         reusable = False
@@ -167,7 +170,8 @@ class QueryWorkers:
             while True:
                 kind, payload = worker.read_frame(until)
                 if kind == BATCH:
-                    yield pa.ipc.read_record_batch(pa.py_buffer(payload), schema)
+                    message = pa.py_buffer(payload)
+                    yield message if encoded else pa.ipc.read_record_batch(message, schema)
                 elif kind == END:
                     reusable = True
                     return

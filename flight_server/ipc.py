@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
+from engine.arrow_types import ResultBatch
 from flight_server.errors import Cancelled, InvalidArgument, ResourceExhausted, Unimplemented
 from flight_server.generated import Flight_pb2 as fpb
 
@@ -53,12 +54,13 @@ def schema_bytes(schema: pa.Schema) -> bytes:
     return schema.serialize().to_pybytes()
 
 
-def encode_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Iterator[bytes]:
-    """Serialized FlightData messages: the schema, then one per batch."""
+def encode_stream(schema: pa.Schema, batches: Iterable[ResultBatch]) -> Iterator[bytes]:
+    """Serialized FlightData messages: the schema, then one per batch (batches already
+    encoded as IPC messages are framed as they are)."""
     header, _ = _split(schema.serialize())
     yield _frame(header, None)
     for batch in batches:
-        header, body = _split(batch.serialize())
+        header, body = _split(batch if isinstance(batch, pa.Buffer) else batch.serialize())
         yield _frame(header, body)
 
 

@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 import pyarrow as pa
 
 from engine import PlannedQuery, SqlEngine
+from engine.arrow_types import ResultBatch
 from engine.writes import COUNT_SCHEMA
 from flight_server.auth import EXECUTOR_IDENTITY
 from flight_server.cluster import HEARTBEAT, METRICS, REGISTER, REPORT, CoordinatorService
@@ -104,7 +105,7 @@ class FlightSqlHandler:
             return self._prepared.result_schema(command)
         return self._plan(call, command).schema
 
-    def do_get(self, call: Call, ticket: bytes) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    def do_get(self, call: Call, ticket: bytes) -> tuple[pa.Schema, Iterator[ResultBatch]]:
         command = unpack(ticket)
         if isinstance(command, sql.TicketStatementQuery):
             return self._statements.stream(command, call.is_cancelled)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from engine import PlannedQuery, SqlEngine
+from engine.arrow_types import ResultBatch
 from flight_server.cluster import CoordinatorService
 from flight_server.errors import InvalidArgument, NotFound
 from flight_server.generated import Flight_pb2 as fpb
@@ -45,20 +46,20 @@ class Statements:
 
     def stream(
         self, ticket: sql.TicketStatementQuery, is_cancelled: Callable[[], bool]
-    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    ) -> tuple[pa.Schema, Iterator[ResultBatch]]:
         handle = ticket.statement_handle
         pending = self._planned.get(handle)
 
         def cancelled() -> bool:
             return pending.cancelled.is_set() or is_cancelled()
 
-        def batches() -> Iterator[pa.RecordBatch]:
+        def batches() -> Iterator[ResultBatch]:
             try:
                 query = pending.query
                 if self._cluster is not None and query.frame is not None:
                     yield from self._cluster.run(query, cancelled)
                 else:
-                    yield from self._engine.stream(query, cancelled)
+                    yield from self._engine.stream(query, cancelled, encoded=True)
             finally:
                 self._planned.remove_if_present(handle)
 

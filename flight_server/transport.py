@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import grpc
 import pyarrow as pa
 
+from engine.arrow_types import ResultBatch
 from flight_server.errors import ClientError, Unimplemented, to_client_error
 from flight_server.generated import Flight_pb2 as fpb
 from flight_server.ipc import PutStream, encode_stream, schema_bytes
@@ -51,7 +52,7 @@ class FlightHandler(Protocol):
 
     def do_get(
         self, call: Call, ticket: bytes
-    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]: ...
+    ) -> tuple[pa.Schema, Iterator[ResultBatch]]: ...
 
     def do_put(self, call: Call, upload: PutStream) -> Iterator[bytes]: ...
 

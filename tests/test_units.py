@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from catalog import TableIdent
-from engine.arrow_types import conform_batch, plain_schema, split_batch
+from engine.arrow_types import conform_batch, plain_schema, sized_batches, split_batch
 from engine.parameters import bound_values, number_placeholders
 from engine.references import referenced_tables
 from flight_server.config import ConfigError, auth_config, parse_size, parse_users, split_tokens
@@ -96,3 +96,18 @@ def test_referenced_tables() -> None:
         'WITH c AS (SELECT 1) SELECT * FROM tpch.Nation n JOIN "Region" r ON true, c', "public")
     assert TableIdent("tpch", "nation") in found
     assert TableIdent("public", "Region") in found
+
+
+def test_sized_batches_combine_small_and_split_big_keeping_row_order() -> None:
+    small = [pa.record_batch({"v": list(range(i * 100, i * 100 + 100))}) for i in range(50)]
+    big = pa.record_batch({"v": list(range(5000, 105000))})
+    out = list(sized_batches([*small, big], max_bytes=8_000))
+    assert [v for b in out for v in b.column(0).to_pylist()] == list(range(105000))
+    assert all(b.nbytes <= 8_000 for b in out)
+    assert len(out) < len(small) + big.nbytes // 8_000 + 2  # small ones were combined
+    assert all(b.schema == big.schema for b in out)
+
+
+def test_sized_batches_do_not_hold_rows_of_a_slow_query() -> None:
+    batches = [pa.record_batch({"v": [i]}) for i in range(3)]
+    assert len(list(sized_batches(batches, max_bytes=1 << 20, max_hold_s=-1.0))) == 3
