@@ -20,14 +20,20 @@ from pyiceberg.exceptions import (
     TableAlreadyExistsError,
 )
 from pyiceberg.table import Table as IcebergTable
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, select
 
 from catalog.api import Catalog, TableIdent, TableScan
 from catalog.errors import AlreadyExists, InvalidData, NamespaceNotFound, TableNotFound
 from catalog.rows import fit_rows
 
 T = TypeVar("T")
+
+# A table's current metadata file in a SqlCatalog's own table, built once (building a
+# statement costs more than running it).
+_METADATA_LOCATION = select(IcebergTables.metadata_location).where(
+    IcebergTables.catalog_name == bindparam("catalog"),
+    IcebergTables.table_namespace == bindparam("namespace"),
+    IcebergTables.table_name == bindparam("name"))
 
 
 @contextmanager
@@ -128,12 +134,10 @@ class IcebergCatalog(Catalog):
         (one sqlite row, not the metadata file); None where it does not."""
         if not isinstance(self._backend, SqlCatalog):
             return None
-        query = select(IcebergTables.metadata_location).where(
-            IcebergTables.catalog_name == self._backend.name,
-            IcebergTables.table_namespace == ident.namespace,
-            IcebergTables.table_name == ident.name)
-        with Session(self._backend.engine) as session:
-            return session.execute(query).scalar_one_or_none()
+        parameters = {"catalog": self._backend.name, "namespace": ident.namespace,
+                      "name": ident.name}
+        with self._backend.engine.connect() as connection:  # a third of an ORM session's cost
+            return connection.execute(_METADATA_LOCATION, parameters).scalar_one_or_none()
 
     def create_table(self, ident: TableIdent, schema: pa.Schema) -> None:
         with _typed_errors():
