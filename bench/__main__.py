@@ -1,9 +1,16 @@
-"""`python -m bench NAME [ARGS]`: run one benchmark, or `all` of them in turn."""
+"""`python -m bench NAME [ARGS]`: run one benchmark, or `all` of them in turn.
+
+`python -m bench all [--scale 1] [--warehouse DIR] [--out DIR]` runs every benchmark with
+its defaults at the given TPC-H scale (TPC-H, ingest and shuffle), over one warehouse, and
+writes the TPC-H figures and plot to DIR (default bench/) next to the printed tables.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+from pathlib import Path
 
 BENCHMARKS = {
     "tpch": "TPC-H: Krishiv embedded and single-node vs DataFusion, DuckDB (and Ballista)",
@@ -16,9 +23,32 @@ BENCHMARKS = {
 }
 
 
+def run_all(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench all")
+    parser.add_argument("--scale", default="1")
+    parser.add_argument("--warehouse", type=Path, default=Path("/tmp/krishiv-bench-sf1"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+    args = parser.parse_args(argv)
+    warehouse = ["--warehouse", str(args.warehouse)]
+    runs: list[list[str]] = [
+        ["tpch", "--scale", args.scale, *warehouse, "--json", str(args.out / "tpch.json"),
+         "--plot", str(args.out / "tpch-ratios.png")],
+        ["streaming"], ["latency"], ["concurrency"],
+        ["ingest", "--scale", args.scale],
+        ["shuffle", "--scale", args.scale, *warehouse],
+    ]
+    for run in runs:
+        print(f"\n## python -m bench {' '.join(run)}\n", flush=True)
+        importlib.import_module(f"bench.{run[0]}").main(run[1:])
+
+
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["all"]:
+        run_all(argv[1:])
+        return
     if not argv or argv[0] not in BENCHMARKS:
         lines = [f"  {name:12s} {what}" for name, what in BENCHMARKS.items()]
+        lines.append(f"  {'all':12s} every one of these in turn")
         raise SystemExit("usage: python -m bench NAME [ARGS]  (NAME --help for its options)\n"
                          + "\n".join(lines))
     module = importlib.import_module(f"bench.{argv[0]}")

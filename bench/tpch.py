@@ -29,6 +29,8 @@ from pathlib import Path
 
 import adbc_driver_flightsql.dbapi as flightsql
 import datafusion
+import duckdb
+import pyarrow as pa
 
 from bench.servers import KrishivMode, running_krishiv
 from catalog import IcebergCatalog, TableIdent
@@ -89,7 +91,7 @@ def _krishiv_client(port: int) -> Iterator[Runner]:
 
     def run(text: str) -> object:
         cursor.execute(text)
-        return cursor.fetchall()
+        return cursor.fetch_arrow_table()
 
     try:
         yield run
@@ -135,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
                 running_krishiv(mode, warehouse, args.scale, f"bench-{column}.log"))
             runners[column] = stack.enter_context(_krishiv_client(port))
         runners["datafusion"] = lambda t: ctx.sql(t).collect()
-        runners["duckdb"] = lambda t: duck.execute(t).fetchall()
-        results = _run_all(runners, texts, numbers, args.runs, list(modes))
+        runners["duckdb"] = lambda t: duck.execute(t).fetch_arrow_table()
+        results = _run_all(runners, texts, numbers, args.runs, list(modes), duck)
     report = {
         "scale": args.scale, "runs": args.runs, "target_partitions": partitions,
         "modes": {column: mode.describe() for column, mode in modes.items()},
@@ -153,8 +155,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run_all(runners: dict[str, Runner], texts: dict[int, str], numbers: list[int],
-             runs: int, checked: list[str]) -> dict[str, dict[str, object]]:
-    """Per query: each engine's median seconds, and whether each Krishiv answer matched."""
+             runs: int, checked: list[str], duck: duckdb.DuckDBPyConnection
+             ) -> dict[str, dict[str, object]]:
+    """Per query: each engine's median seconds, and whether each Krishiv answer matched
+    DuckDB's. Every engine's timed runs end with Arrow data (no Python rows); answers are
+    compared afterwards, untimed."""
     results: dict[str, dict[str, object]] = {}
     for number in numbers:
         text = texts[number]
@@ -162,14 +167,18 @@ def _run_all(runners: dict[str, Runner], texts: dict[int, str], numbers: list[in
         answers: dict[str, object] = {}
         for column, runner in runners.items():
             row[column], answers[column] = _median_seconds(lambda r=runner, t=text: r(t), runs)
-        expected = as_multiset(answers["duckdb"])  # type: ignore[arg-type]
-        row["correct"] = {c: as_multiset(answers[c]) == expected  # type: ignore[arg-type]
+        expected = as_multiset(duck.execute(text).fetchall())
+        row["correct"] = {c: as_multiset(_rows(answers[c])) == expected  # type: ignore[arg-type]
                           for c in checked}
         results[str(number)] = row
         print(f"q{number}: " + ", ".join(f"{c} {row[c]:.3f}s" for c in runners)  # type: ignore[str-format]
               + ("" if all(row["correct"].values()) else "  WRONG ANSWER"),  # type: ignore[attr-defined]
               flush=True)
     return results
+
+
+def _rows(table: pa.Table) -> list[tuple[object, ...]]:
+    return list(zip(*(column.to_pylist() for column in table.columns), strict=True))
 
 
 def engine_columns(report: dict) -> list[str]:  # type: ignore[type-arg]

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import shutil
+import tempfile
 import threading
+import time
+import uuid
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext
+from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionContext
 from datafusion.catalog import CatalogProvider, SchemaProvider, Table
 
 from catalog import Catalog, NamespaceNotFound, TableIdent, TableNotFound, TableScan
@@ -43,6 +50,36 @@ def base_context(config: EngineConfig, catalog_schema: tuple[str, str] | None = 
     return SessionContext(settings, runtime)
 
 
+class _FileLinks:
+    """A folder of links per table version to exactly its data files, which DataFusion
+    reads as one listing table: faster plans than a union of one scan per file (measured
+    on TPC-H SF 1: q5 0.29 s against 0.37 s, q12 0.25 against 0.32, q8 0.25 against 0.32).
+
+    A replaced version's folder stays for `grace_s`, for queries still reading it.
+    """
+
+    def __init__(self, grace_s: float = 3600.0) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="krishiv-tables-"))
+        self._grace_s = grace_s
+        self._retired: list[tuple[float, Path]] = []
+
+    def folder(self, scan: TableScan) -> Path:
+        folder = self.root / uuid.uuid4().hex
+        folder.mkdir()
+        for number, path in enumerate(scan.data_files):
+            (folder / f"{number:06d}.parquet").symlink_to(os.path.abspath(path))
+        return folder
+
+    def retire(self, folder: Path) -> None:
+        now = time.monotonic()
+        self._retired.append((now, folder))
+        while self._retired and now - self._retired[0][0] > self._grace_s:
+            shutil.rmtree(self._retired.pop(0)[1], ignore_errors=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 class TableCache:
     """DataFusion tables built once per table version, shared by all sessions."""
 
@@ -50,6 +87,8 @@ class TableCache:
         self.catalog = catalog
         self._lock = threading.Lock()
         self._tables: dict[TableIdent, tuple[str, Table]] = {}
+        self._folders: dict[TableIdent, Path] = {}
+        self._links = _FileLinks()
         config = SessionConfig()
         for key, value in DATAFUSION_SETTINGS.items():
             config = config.set(key, value)
@@ -66,9 +105,14 @@ class TableCache:
             cached = self._tables.get(ident)
             if cached is not None and cached[0] == scan.version:
                 return cached[1]
-        table = self._build(scan)
+        table, folder = self._build(scan)
         with self._lock:
             self._tables[ident] = (scan.version, table)
+            replaced = self._folders.pop(ident, None)
+            if folder is not None:
+                self._folders[ident] = folder
+            if replaced is not None:
+                self._links.retire(replaced)
         return table
 
     def table_while_planning(self, ident: TableIdent) -> Table:
@@ -87,16 +131,21 @@ class TableCache:
         """`rows` as a table whose scans ship with a plan (a pyarrow dataset's do not)."""
         return Table(self._reader.from_arrow(rows))
 
-    def _build(self, scan: TableScan) -> Table:
+    def _build(self, scan: TableScan) -> tuple[Table, Path | None]:
+        """The table, and the folder of file links it reads (None if it reads none)."""
         schema = plain_schema(scan.schema)
         if scan.arrow is not None or not scan.data_files:
             rows = scan.arrow if scan.arrow is not None else scan.schema.empty_table()
-            return self.memory_table(rows.cast(schema))
-        frames = [self._reader.read_parquet(path, schema=schema) for path in scan.data_files]
-        frame = frames[0]
-        for other in frames[1:]:
-            frame = frame.union(other)
-        return Table(frame)
+            return self.memory_table(rows.cast(schema)), None
+        if not all(os.path.isfile(path) for path in scan.data_files):
+            # Not local files (an object store): one scan per file, as DataFusion allows.
+            frames = [self._reader.read_parquet(path, schema=schema) for path in scan.data_files]
+            return Table(functools.reduce(DataFrame.union, frames)), None
+        folder = self._links.folder(scan)
+        return Table(self._reader.read_parquet(str(folder), schema=schema)), folder
+
+    def close(self) -> None:
+        self._links.close()
 
 
 class _NamespaceSchema(SchemaProvider):

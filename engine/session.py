@@ -124,6 +124,7 @@ class SqlEngine:
     def close(self) -> None:
         self._workers.close()
         self._runner.close()
+        self.tables.close()
 
 
 class Session:

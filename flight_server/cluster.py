@@ -37,6 +37,7 @@ from engine.distributed.messages import StageInput, decode_stage_task, encode_st
 from engine.distributed.planner import StageDef, StagePlan
 from engine.distributed.shuffle import (
     ShuffleKey,
+    Written,
     sign_result_ticket,
     sweep_work_dir,
     write_arrow_file,
@@ -138,9 +139,9 @@ def _send(address: str, kind: str, body: dict[str, Any], token: str | None) -> N
 
 
 def _fetch_to_file(address: str, key: ShuffleKey, token: str | None, path: Path,
-                   schema: pa.Schema | None = None) -> int:
+                   schema: pa.Schema | None = None) -> Written:
     """One shuffle file of another executor, fetched by DoGet into the local IPC file `path`
-    (with `schema`, or the sender's); the rows written. FlightError if it fails."""
+    (with `schema`, or the sender's); what was written. FlightError if it fails."""
     with _CLIENTS.use(address) as client:
         reader = client.do_get(flight.Ticket(key.ticket()), _options(token))
         return write_arrow_file(path, schema or reader.schema, (c.data for c in reader))
@@ -199,6 +200,7 @@ class _TaskMetrics:
     rows: int
     bytes: int
     seconds: float
+    fetched_bytes: int  # shuffle input fetched from other executors (Arrow bytes)
 
 
 @dataclass
@@ -225,6 +227,8 @@ def _explain_row(schema: pa.Schema, plan_type: str, stage_plan: StagePlan | None
                 notes[stage.stage] = (
                     f"ran on {executors}: {sum(m.rows for m in tasks)} rows, "
                     f"{sum(m.bytes for m in tasks)} bytes written, "
+                    f"{sum(m.fetched_bytes for m in tasks)} bytes fetched from other "
+                    "executors, "
                     f"{sum(m.seconds for m in tasks):.3f} s in tasks")
         text = stage_plan.explain(notes)
     return pa.record_batch([pa.array([plan_type]), pa.array([text])], schema=schema)
@@ -248,6 +252,7 @@ class CoordinatorService:
         self._lock = threading.Lock()
         self._addresses: dict[ExecutorId, str] = {}
         self._jobs: dict[JobId, _Job] = {}
+        self._shuffle_bytes_fetched = 0  # over all jobs, as executors report it
         self._launcher = ThreadPoolExecutor(max_workers=16, thread_name_prefix="launch")
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, args=(tick_s,), daemon=True)
@@ -275,7 +280,8 @@ class CoordinatorService:
         with self._lock:
             counters = asdict(self._machine.metrics)
             return {**counters, "running_jobs": len(self._jobs),
-                    "executors": len(self._machine.executors())}
+                    "executors": len(self._machine.executors()),
+                    "shuffle_bytes_fetched": self._shuffle_bytes_fetched}
 
     def _report(self, executor: ExecutorId, message: dict[str, Any]) -> None:
         attempt = _task_from(message)
@@ -283,9 +289,11 @@ class CoordinatorService:
             log.info("task %s finished on %s", attempt.task, executor)
             job = self._jobs.get(attempt.task.job)
             if job is not None:
+                fetched = int(message.get("fetched_bytes", 0))
                 job.metrics[(attempt.task.stage, attempt.task.partition)] = _TaskMetrics(
                     executor, int(message.get("rows", 0)), int(message.get("bytes", 0)),
-                    float(message.get("seconds", 0.0)))
+                    float(message.get("seconds", 0.0)), fetched)
+                self._shuffle_bytes_fetched += fetched
             self._handle(TaskSucceeded(attempt, executor))
         elif message.get("fetch_failed"):
             lost = ExecutorId(str(message["fetch_failed"]))
@@ -564,6 +572,7 @@ class ExecutorAgent:
         self._slots = slots
         self._runner = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="task")
         self._cancelled: dict[TaskAttempt, threading.Event] = {}
+        self._fetched: dict[TaskAttempt, int] = {}  # bytes a running task fetched remotely
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat_loop, args=(heartbeat_s,),
                                         daemon=True)
@@ -623,6 +632,7 @@ class ExecutorAgent:
                        for p in counts)
             report: dict[str, Any] = {**_task_json(attempt), "ok": True,
                                       "rows": sum(counts.values()), "bytes": size,
+                                      "fetched_bytes": self._fetched.get(attempt, 0),
                                       "seconds": round(time.monotonic() - started, 4)}
         except _FetchFailed as exc:
             log.warning("task %s: %s", task, exc)
@@ -633,6 +643,7 @@ class ExecutorAgent:
                       "error": " ".join(str(exc).split())}
         finally:
             self._cancelled.pop(attempt, None)
+            self._fetched.pop(attempt, None)
         try:
             self._call(REPORT, report)
         except flight.FlightError as exc:
@@ -707,12 +718,15 @@ class ExecutorAgent:
                 continue
             target = scratch / "fetched" / f"{source.stage}-{origin.map_task}.arrows"
             try:
-                rows = _fetch_to_file(origin.address, key, self._token, target, source.schema)
+                written = _fetch_to_file(origin.address, key, self._token, target,
+                                         source.schema)
             except flight.FlightError as exc:
                 raise _FetchFailed(origin.executor, exc) from None
+            self._fetched[attempt] = self._fetched.get(attempt, 0) + written.bytes
             log.info("%s fetched stage %s partition %s of map task %s from %s over "
-                     "Flight: %d rows (task %s)", self.id, source.stage, source.partition,
-                     origin.map_task, origin.executor, rows, attempt.task)
+                     "Flight: %d rows, %d bytes (task %s)", self.id, source.stage,
+                     source.partition, origin.map_task, origin.executor, written.rows,
+                     written.bytes, attempt.task)
             paths.append(target)
         return tuple(paths)
 

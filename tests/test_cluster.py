@@ -97,8 +97,11 @@ def test_explain_analyze_has_metrics_per_stage(cluster: RunningServer) -> None:
         (plan_type, text), = cur.fetchall()
     assert plan_type == "distributed_plan_with_metrics"
     lines = text.splitlines()
-    assert all(re.search(r"ran on executor-\w+.*: \d+ rows, \d+ bytes written, [0-9.]+ s "
-                         r"in tasks$", line) for line in lines), text
+    assert all(re.search(r"ran on executor-\w+.*: \d+ rows, \d+ bytes written, \d+ bytes "
+                         r"fetched from other executors, [0-9.]+ s in tasks$", line)
+               for line in lines), text
+    fetched = [int(n) for n in re.findall(r"(\d+) bytes fetched from other executors", text)]
+    assert sum(fetched) > 0  # two executors: some partitions crossed
     assert any("reads tpch.lineitem" in line and ": 60175 rows" in line for line in lines)
     assert re.search(r"ran on executor-\w+, executor-\w+", text)  # a stage used both
     assert lines[-1].split("ran on ")[1].startswith("executor-")
@@ -111,7 +114,8 @@ def test_shuffle_data_crosses_executors_over_flight(cluster: RunningServer,
         cur.execute(JOIN_QUERY)
         assert cur.fetchall() == duck.execute(JOIN_QUERY).fetchall()
     fetches = re.findall(r"(executor-\w+) fetched stage \d+ partition \d+ of map task \d+ "
-                         r"from (executor-\w+) over Flight: (\d+) rows", cluster.log())
+                         r"from (executor-\w+) over Flight: (\d+) rows, \d+ bytes",
+                         cluster.log())
     crossed = [(reader, writer, int(rows)) for reader, writer, rows in fetches
                if reader != writer]
     assert crossed, "no shuffle partition was fetched from another executor"

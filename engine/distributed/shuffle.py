@@ -214,17 +214,25 @@ def sweep_work_dir(work_dir: Path, older_than_s: float, now: float) -> list[str]
     return removed
 
 
-def write_arrow_file(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
-    """Fetched shuffle data as a local IPC file (atomically); the rows written."""
+@dataclass(frozen=True)
+class Written:
+    rows: int
+    bytes: int  # of the batches in memory, as they travelled (the file may be compressed)
+
+
+def write_arrow_file(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch]
+                     ) -> Written:
+    """Fetched shuffle data as a local IPC file (atomically); what was written."""
     temporary = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-    rows = 0
+    rows = size = 0
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with pa.ipc.new_file(str(temporary), schema, options=_WRITE_OPTIONS) as writer:
             for batch in batches:
                 writer.write_batch(batch)
                 rows += batch.num_rows
+                size += batch.nbytes
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    return rows
+    return Written(rows, size)
