@@ -17,6 +17,7 @@ from engine.arrow_types import ResultBatch, conform_batch, plain_schema, split_b
 from engine.bridge import CatalogBridge, TableCache, base_context
 from engine.config import EngineConfig
 from engine.dialects import DATAFUSION, to_datafusion
+from engine.distributed.shuffle import MapOutput
 from engine.parameters import bound_values, number_placeholders, parameter_schema
 from engine.references import referenced_tables
 from engine.runner import StreamRunner
@@ -120,6 +121,22 @@ class SqlEngine:
                 for batch in batches:
                     for piece in split_batch(batch, self.config.max_batch_bytes):
                         yield conform_batch(piece, query.schema)
+
+    def write_map_output(self, query: PlannedQuery, output: MapOutput,
+                         is_cancelled: Callable[[], bool],
+                         first_written: Callable[[], None]) -> dict[int, int]:
+        """Run a map task's query and write its output partitions; rows per partition.
+
+        In a worker, the worker writes the files: the rows never cross the pipe."""
+        assert query.frame is not None
+        timeout_s = self.config.query_timeout_s
+        with self.admission.slot(is_cancelled, timeout_s):
+            with translated_errors():
+                plan = shippable_plan(query.frame)
+            if plan is not None:
+                return self._workers.write_map_output(plan, query.schema, output, timeout_s,
+                                                      is_cancelled, first_written)
+        return output.write(self.stream(query, is_cancelled), query.schema, first_written)
 
     def close(self) -> None:
         self._workers.close()

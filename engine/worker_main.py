@@ -6,6 +6,7 @@ its server is gone, so a killed server leaves no work running.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import sys
@@ -20,7 +21,16 @@ from datafusion.plan import ExecutionPlan
 
 from engine.arrow_types import conform_batch, sized_batches
 from engine.bridge import base_context
-from engine.workers import BATCH, END, ERROR, REQUEST, decode_request, read_frame, write_frame
+from engine.workers import (
+    BATCH,
+    END,
+    ERROR,
+    FIRST_WRITTEN,
+    REQUEST,
+    decode_request,
+    read_frame,
+    write_frame,
+)
 
 
 def _exit_with_parent() -> None:
@@ -70,10 +80,18 @@ def _partition_batches(ctx: SessionContext, plan: ExecutionPlan) -> Iterator[pa.
 
 
 def _run(payload: bytes, out: IO[bytes]) -> None:
-    config, schema, plan_bytes = decode_request(payload)
+    config, schema, plan_bytes, output = decode_request(payload)
     ctx = base_context(config)
     plan = ExecutionPlan.from_bytes(ctx, plan_bytes)
     conformed = (conform_batch(batch, schema) for batch in _partition_batches(ctx, plan))
+    if output is not None:
+        def first_written() -> None:
+            write_frame(out, FIRST_WRITTEN)
+            out.flush()
+
+        counts = output.write(conformed, schema, first_written)
+        write_frame(out, END, json.dumps(counts).encode())
+        return
     for batch in sized_batches(conformed, config.max_batch_bytes):
         write_frame(out, BATCH, batch.serialize())
     write_frame(out, END)

@@ -29,13 +29,15 @@ import pyarrow as pa
 
 from engine.arrow_types import ResultBatch
 from engine.config import EngineConfig
+from engine.distributed.shuffle import MapOutput
 from engine.errors import WorkerLost
 from engine.runner import limits_check
 from engine.translate import classify_datafusion_error
 
 REQUEST = b"Q"
 BATCH = b"B"
-END = b"E"
+FIRST_WRITTEN = b"F"  # a map task's first batch is in its files
+END = b"E"  # the payload: empty, or a map task's rows per partition (JSON)
 ERROR = b"X"
 _HEADER = struct.Struct(">cQ")
 _POLL_SECONDS = 0.05
@@ -58,24 +60,28 @@ def read_frame(source: IO[bytes]) -> tuple[bytes, bytes] | None:
     return kind, source.read(length)
 
 
-def encode_request(config: EngineConfig, schema: pa.Schema, plan: bytes) -> bytes:
-    """What a worker needs: the engine settings, the result schema, the plan."""
+def encode_request(config: EngineConfig, schema: pa.Schema, plan: bytes,
+                   output: MapOutput | None = None) -> bytes:
+    """What a worker needs: the engine settings, the result schema, the plan, and for a
+    map task, where to write its output (else the batches come back over the pipe)."""
     settings = json.dumps(dataclasses.asdict(config)).encode()
     schema_bytes = schema.serialize().to_pybytes()
-    parts = [settings, schema_bytes, plan]
+    parts = [settings, schema_bytes, plan, output.encode() if output else b""]
     return b"".join(struct.pack(">Q", len(part)) + part for part in parts)
 
 
-def decode_request(payload: bytes) -> tuple[EngineConfig, pa.Schema, bytes]:
+def decode_request(payload: bytes
+                   ) -> tuple[EngineConfig, pa.Schema, bytes, MapOutput | None]:
     parts: list[bytes] = []
     offset = 0
     while offset < len(payload):
         (length,) = struct.unpack_from(">Q", payload, offset)
         parts.append(payload[offset + 8: offset + 8 + length])
         offset += 8 + length
-    settings, schema_bytes, plan = parts
+    settings, schema_bytes, plan, output = parts
     config = EngineConfig(**json.loads(settings))
-    return config, pa.ipc.read_schema(pa.py_buffer(schema_bytes)), plan
+    return (config, pa.ipc.read_schema(pa.py_buffer(schema_bytes)), plan,
+            MapOutput.decode(output) if output else None)
 
 
 class _Worker:
@@ -175,6 +181,34 @@ class QueryWorkers:
                 elif kind == END:
                     reusable = True
                     return
+                else:  # ERROR: the worker ends after reporting it
+                    raise classify_datafusion_error(Exception(bytes(payload).decode()))
+        finally:
+            self._give_back(worker) if reusable else self._discard(worker)
+
+    def write_map_output(
+        self,
+        plan: bytes,
+        schema: pa.Schema,
+        output: MapOutput,
+        timeout_s: float | None,
+        is_cancelled: Callable[[], bool],
+        first_written: Callable[[], None],
+    ) -> dict[int, int]:
+        """Run a map task's `plan` in a worker that writes `output` itself (its rows never
+        cross the pipe); rows per partition."""
+        until = limits_check(timeout_s, is_cancelled)
+        worker = self._take()
+        reusable = False
+        try:
+            worker.send(encode_request(self._config, schema, plan, output))
+            while True:
+                kind, payload = worker.read_frame(until)
+                if kind == FIRST_WRITTEN:
+                    first_written()
+                elif kind == END:
+                    reusable = True
+                    return {int(p): rows for p, rows in json.loads(bytes(payload)).items()}
                 else:  # ERROR: the worker ends after reporting it
                     raise classify_datafusion_error(Exception(bytes(payload).decode()))
         finally:

@@ -36,12 +36,12 @@ from engine.distributed.ids import Attempt, ExecutorId, JobId, StageId, TaskAtte
 from engine.distributed.messages import StageInput, decode_stage_task, encode_stage_task
 from engine.distributed.planner import StageDef, StagePlan
 from engine.distributed.shuffle import (
+    MapOutput,
     ShuffleKey,
     Written,
     sign_result_ticket,
     sweep_work_dir,
     write_arrow_file,
-    write_map_output,
 )
 from engine.distributed.stages import StageTask, plan_distributed, stage_query
 from engine.distributed.state import (
@@ -686,21 +686,9 @@ class ExecutorAgent:
                       partitions: int) -> dict[int, int]:
         """Run the task's query and write its output partitions; rows per partition."""
         cancelled = self._cancelled[attempt].is_set
-        batches = self._watched(attempt, self._engine.stream(planned, cancelled))
-        return write_map_output(self._work_dir, _output_key(attempt), batches, planned.schema,
-                                keys, partitions)
-
-    def _watched(self, attempt: TaskAttempt, batches: Iterator[pa.RecordBatch]
-                 ) -> Iterator[pa.RecordBatch]:
-        """`batches`, passing the mid-shuffle fault point once the first one is written."""
-        written = 0
-        for batch in batches:
-            if written == 1:
-                self._faults.at(FaultPoint.MID_SHUFFLE, attempt)
-            yield batch
-            written += 1
-        if written == 1:
-            self._faults.at(FaultPoint.MID_SHUFFLE, attempt)
+        output = MapOutput(self._work_dir, _output_key(attempt), tuple(keys), partitions)
+        return self._engine.write_map_output(
+            planned, output, cancelled, lambda: self._faults.at(FaultPoint.MID_SHUFFLE, attempt))
 
     def _fetch(self, attempt: TaskAttempt, source: StageInput, scratch: Path
                ) -> tuple[Path, ...]:

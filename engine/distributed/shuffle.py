@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -152,6 +152,46 @@ def split_by_partition(batch: pa.RecordBatch, ids: pa.Array, partitions: int
         pieces.append(ordered.slice(offset, sizes[partition]))
         offset += sizes[partition]
     return pieces
+
+
+@dataclass(frozen=True)
+class MapOutput:
+    """Where and how a map task writes its output: hash(`keys`) into `partitions` files
+    under `work_dir`, named by `task` (its `partition` field is ignored)."""
+
+    work_dir: Path
+    task: ShuffleKey
+    keys: tuple[str, ...]
+    partitions: int
+
+    def encode(self) -> bytes:
+        return json.dumps({"work_dir": str(self.work_dir), "task": self.task.ticket().decode(),
+                           "keys": list(self.keys), "partitions": self.partitions}).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> MapOutput:
+        fields = json.loads(raw)
+        return cls(Path(fields["work_dir"]), ShuffleKey.from_ticket(fields["task"].encode()),
+                   tuple(fields["keys"]), int(fields["partitions"]))
+
+    def write(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema,
+              first_written: Callable[[], None] = lambda: None) -> dict[int, int]:
+        """Write `batches`; `first_written` is called once the first batch is written
+        (fault injection's mid-shuffle point); rows per partition."""
+        return write_map_output(self.work_dir, self.task, _after_first(batches, first_written),
+                                schema, list(self.keys), self.partitions)
+
+
+def _after_first(batches: Iterable[pa.RecordBatch], first_written: Callable[[], None]
+                 ) -> Iterator[pa.RecordBatch]:
+    count = 0
+    for batch in batches:
+        if count == 1:  # asked for the second: the first is written
+            first_written()
+        yield batch
+        count += 1
+    if count == 1:
+        first_written()
 
 
 def write_map_output(
