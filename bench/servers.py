@@ -28,7 +28,7 @@ class KrishivMode:
 
     def describe(self) -> str:
         if not self.executors:
-            return "embedded"
+            return "`krishiv serve` (embedded: queries run in its worker processes)"
         how = "started one by one" if self.separate else "of `serve --executors`"
         return (f"coordinator + {self.executors} executors {how}, "
                 f"{self.shuffle_partitions} shuffle partitions")

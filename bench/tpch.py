@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
         args.json.write_text(json.dumps(report, indent=1))
     if args.plot:
         plot_ratios(report, args.plot)
+    wrong = [n for n, row in results.items() if not all(row["correct"].values())]  # type: ignore[attr-defined]
+    if wrong:
+        raise SystemExit(f"Krishiv's answers differ from DuckDB's for queries {wrong}")
 
 
 def _run_all(runners: dict[str, Runner], texts: dict[int, str], numbers: list[int],
@@ -220,6 +223,7 @@ def _print_markdown(report: dict) -> None:  # type: ignore[type-arg]
 def plot_ratios(report: dict, path: Path) -> None:  # type: ignore[type-arg]
     """Bars per query: each engine's time over DataFusion's (log scale, 1.0 = parity)."""
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -235,6 +239,8 @@ def plot_ratios(report: dict, path: Path) -> None:  # type: ignore[type-arg]
                  ratios, width, label=label)
     axes.axhline(1.0, color="black", linewidth=0.8)
     axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
+    axes.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
     axes.set_xticks(range(len(numbers)), [f"q{n}" for n in numbers])
     axes.set_ylabel("time / DataFusion in-process")
     axes.set_title(f"TPC-H SF {report['scale']:g}: per-query time relative to DataFusion "

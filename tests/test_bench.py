@@ -1,0 +1,36 @@
+"""The benchmark harness runs end to end at a tiny scale, every answer checked.
+
+Timings are not asserted here (they belong to `python -m bench`, see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, text=True,
+                          capture_output=True, timeout=600)
+
+
+def test_tpch_harness_checks_every_column_against_duckdb(demo_warehouse: Path,
+                                                         tmp_path: Path) -> None:
+    done = _bench("tpch", "--scale", "0.01", "--queries", "1,3", "--runs", "1",
+                  "--warehouse", str(demo_warehouse), "--json", str(tmp_path / "t.json"),
+                  "--plot", str(tmp_path / "t.png"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| 1 |", "| 3 |"))]
+    assert len(rows) == 2 and all(row.endswith("| ok |") for row in rows), done.stdout
+    assert "single-node/embedded" in done.stdout and "Ballista: not run" in done.stdout
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_latency_harness_runs_against_krishiv_and_the_stub() -> None:
+    done = _bench("latency", "--runs", "20", "--warmup", "5")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ADBC SELECT 1, new cursor per run |" in done.stdout
+    assert "against a do-nothing Flight SQL stub" in done.stdout
