@@ -18,18 +18,24 @@ _EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+(ANALYZE|VERBOSE|FORMAT\s+\w+))*\s+", re.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 
-# Parsing costs milliseconds and clients repeat their statements (prepare, then execute).
-@functools.lru_cache(maxsize=512)
 def referenced_tables(sql: str, default_schema: str) -> frozenset[TableIdent]:
     """Tables named in `sql`, with unquoted names folded to lower case as DataFusion does.
 
     Best effort: text sqlglot cannot parse yields nothing, and DataFusion will still
     find those tables through the slower lazy path.
     """
+    return all_referenced_tables(sql, default_schema) or frozenset()
+
+
+# Parsing costs milliseconds and clients repeat their statements (prepare, then execute).
+@functools.lru_cache(maxsize=512)
+def all_referenced_tables(sql: str, default_schema: str) -> frozenset[TableIdent] | None:
+    """Every table `sql` names, or None when sqlglot cannot parse it (then some may be
+    missing)."""
     try:
         statements = sqlglot.parse(_EXPLAIN.sub("", sql), read="postgres")
     except SqlglotError:
-        return frozenset()
+        return None
     found: set[TableIdent] = set()
     for statement in statements:
         if statement is None:

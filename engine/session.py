@@ -19,7 +19,7 @@ from engine.config import EngineConfig
 from engine.dialects import DATAFUSION, to_datafusion
 from engine.distributed.shuffle import MapOutput
 from engine.parameters import bound_values, number_placeholders, parameter_schema
-from engine.references import referenced_tables
+from engine.references import all_referenced_tables, referenced_tables
 from engine.runner import StreamRunner
 from engine.statements import WriteStatement, classify
 from engine.translate import translated_errors
@@ -228,6 +228,22 @@ class Session:
                         self.engine.catalog, lambda schema: self._context_for(text), collect)
         with translated_errors():
             return writer.run(statement, text, values)
+
+    def snapshot(self, sql: str) -> tuple[object, ...] | None:
+        """What a plan of `sql` depends on besides its text and parameters: the versions of
+        the catalog tables it names and the session's temporary tables. Plans made under
+        equal snapshots read the same data; None when the tables cannot all be known."""
+        idents = all_referenced_tables(self._translate(sql), self.default_schema)
+        if idents is None:
+            return None
+        versions: list[str | None] = []
+        for ident in sorted(idents, key=str):
+            try:
+                versions.append(self.engine.catalog.scan(ident).version)
+            except (TableNotFound, NamespaceNotFound):
+                versions.append(None)
+        return tuple(versions), tuple((name, id(rows)) for name, rows in
+                                      sorted(self.temporary.items()))
 
     @staticmethod
     def parameter_schema(query: PlannedQuery) -> pa.Schema:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,6 +16,17 @@ from flight_server.handles import HandleStore
 from flight_server.ipc import PutStream, schema_bytes
 
 _PREPARED_TTL_S = 3600.0
+# How long the plan made at prepare may serve the first execution. Clients prepare and
+# execute in one go (ADBC's execute does both); a plan fixes now() when it is made, so a
+# later execution plans afresh.
+_FIRST_PLAN_S = 1.0
+
+
+@dataclass
+class _FirstPlan:
+    query: PlannedQuery
+    snapshot: tuple[object, ...]
+    until: float
 
 
 @dataclass
@@ -24,6 +36,17 @@ class PreparedStatement:
     dataset_schema: pa.Schema
     parameter_schema: pa.Schema
     parameters: pa.RecordBatch | None = field(default=None)
+    first_plan: _FirstPlan | None = field(default=None)
+
+    def take_first_plan(self) -> PlannedQuery | None:
+        """The plan made at prepare, once, if it still holds: executed soon after, with no
+        parameters, over the same table versions."""
+        first, self.first_plan = self.first_plan, None
+        if (first is None or self.parameters is not None
+                or time.monotonic() > first.until
+                or self.session.snapshot(self.query) != first.snapshot):
+            return None
+        return first.query
 
 
 class PreparedStatements:
@@ -41,9 +64,13 @@ class PreparedStatements:
             # the JDBC driver to execute through DoPut.
             statement = PreparedStatement(session, request.query, pa.schema([]), pa.schema([]))
         else:
+            snapshot = session.snapshot(request.query)
             planned = session.plan(request.query)
             parameters = session.parameter_schema(planned)
             statement = PreparedStatement(session, request.query, planned.schema, parameters)
+            if snapshot is not None and not len(parameters):
+                statement.first_plan = _FirstPlan(planned, snapshot,
+                                                  time.monotonic() + _FIRST_PLAN_S)
         handle = self._statements.add(statement)
         return sql.ActionCreatePreparedStatementResult(
             prepared_statement_handle=handle,
@@ -75,6 +102,9 @@ class PreparedStatements:
     ) -> PlannedQuery:
         """The query planned with its bound parameters, or a write run now."""
         statement = self._statements.get(command.prepared_statement_handle)
+        reused = statement.take_first_plan()
+        if reused is not None:
+            return reused
         return statement.session.execute(statement.query, statement.parameters, is_cancelled)
 
     def update(

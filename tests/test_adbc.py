@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 
@@ -200,3 +201,27 @@ def test_explain_and_explain_analyze(conn: flightsql.Connection) -> None:
         ((kind, plan),) = cur.fetchall()
         assert kind == "Plan with Metrics"
         assert "output_rows=" in plan
+
+
+def test_prepared_query_sees_a_write_made_after_prepare(conn: flightsql.Connection) -> None:
+    """The plan made at prepare serves the execution right after it only if the tables
+    it reads did not change in between."""
+    with conn.cursor() as writer, conn.cursor() as reader:
+        writer.execute("CREATE TABLE public.prepared_then_written (v BIGINT)")
+        writer.execute("INSERT INTO public.prepared_then_written VALUES (1)")
+        reader.adbc_prepare("SELECT count(*) FROM public.prepared_then_written")
+        writer.execute("INSERT INTO public.prepared_then_written VALUES (2), (3)")
+        reader.execute("SELECT count(*) FROM public.prepared_then_written")
+        assert reader.fetchall() == [(3,)]
+        writer.execute("DROP TABLE public.prepared_then_written")
+
+
+def test_prepared_now_is_the_time_of_a_late_execution(conn: flightsql.Connection) -> None:
+    """DataFusion fixes now() when it plans: an execution well after prepare plans again."""
+    with conn.cursor() as cur:
+        cur.adbc_prepare("SELECT now() AS t")
+        prepared_at = time.time()
+        time.sleep(1.5)
+        cur.execute("SELECT now() AS t")
+        stamp = cur.fetch_arrow_table().column("t").cast(pa.int64())[0].as_py()
+    assert stamp / 1e9 >= prepared_at + 1.0
