@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import multiprocessing.synchronize
+import os
 import queue
 import random
 import sys
@@ -264,7 +265,10 @@ def _run(args: argparse.Namespace, levels: list[int], warehouse: Path) -> None:
             admission = _summarize(args.admission_clients, collected, expected)
 
     names = [name for name, _ in queries]
-    print(f"\nConcurrency: Krishiv embedded (defaults: 16 running, 64 queued), TPC-H SF "
+    from engine.config import default_running_queries  # not at the top: clients import this
+
+    running = os.environ.get("KRISHIV_MAX_CONCURRENT_QUERIES") or default_running_queries()
+    print(f"\nConcurrency: Krishiv embedded ({running} running, 64 queued), TPC-H SF "
           f"{args.scale:g}, ADBC clients each in its own process, {args.warmup:g} s warm-up "
           f"then {args.seconds:g} s per level, mixed set {', '.join(names)} round-robin "
           "from a random offset; latency of answered queries")

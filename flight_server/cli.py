@@ -17,6 +17,7 @@ import click
 
 from catalog import Catalog, IcebergCatalog
 from engine import EngineConfig, SqlEngine
+from engine.config import default_running_queries
 from engine.demo import DemoDataError, load_tpch_demo
 from engine.distributed.shuffle import sweep_work_dir
 from engine.distributed.state import Settings
@@ -92,9 +93,10 @@ def main() -> None:
 @click.option("--direct-results", is_flag=True, envvar="KRISHIV_DIRECT_RESULTS",
               help="Clients fetch query results from the executors (FlightInfo endpoints "
                    "with signed tickets) instead of through this server.")
-@click.option("--max-concurrent-queries", envvar="KRISHIV_MAX_CONCURRENT_QUERIES", default=16,
-              show_default=True, type=click.IntRange(min=1),
-              help="Queries running at once; more wait in a queue.")
+@click.option("--max-concurrent-queries", envvar="KRISHIV_MAX_CONCURRENT_QUERIES",
+              default=None, type=click.IntRange(min=1),
+              help="Queries running at once; more wait in a queue, served in arrival "
+                   "order.  [default: twice the CPU cores, at least 4]")
 @click.option("--max-queued-queries", envvar="KRISHIV_MAX_QUEUED_QUERIES", default=64,
               show_default=True, type=click.IntRange(min=0),
               help="Queries waiting for a slot; past that, UNAVAILABLE at once.")
@@ -120,7 +122,7 @@ def serve(
     memory_limit: str | None, query_timeout: float | None, executors: int,
     heartbeat_timeout: float, executor_grace: float, task_retries: int,
     shuffle_partitions: int,
-    broadcast_limit: str, direct_results: bool, max_concurrent_queries: int,
+    broadcast_limit: str, direct_results: bool, max_concurrent_queries: int | None,
     max_queued_queries: int, max_upload: str,
     tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
     tokens: tuple[str, ...],
@@ -151,7 +153,7 @@ def serve(
                 default_schema=default_schema,
                 memory_limit_bytes=parse_size(memory_limit) if memory_limit else None,
                 query_timeout_s=query_timeout,
-                max_running_queries=max_concurrent_queries,
+                max_running_queries=max_concurrent_queries or default_running_queries(),
                 max_queued_queries=max_queued_queries,
             ),
         )
