@@ -11,7 +11,7 @@ its tasks wrote.
 What is counted: each task reports the bytes of shuffle input it fetched from the other
 executor over Flight DoGet (Arrow in-memory bytes, as they travel: shuffle files are
 served uncompressed); `EXPLAIN ANALYZE` sums them per stage ("bytes fetched from other
-executors"), next to the rows and bytes (lz4 Arrow IPC files) each stage wrote. Bytes
+executors"), next to the rows and bytes (Arrow IPC files) each stage wrote. Bytes
 moved per second = all fetched bytes / the EXPLAIN ANALYZE run's time, and / the median
 query time.
 
@@ -121,7 +121,7 @@ def _run(args: argparse.Namespace, warehouse: Path) -> None:
           f"query: {args.query}")
     print()
     print(markdown_table(
-        ["stage", "output", "rows written", "MB written (lz4 IPC)",
+        ["stage", "output", "rows written", "MB written (IPC files)",
          "MB fetched from the other executor", "task s"],
         [[s.number, s.target, s.rows, f"{s.bytes / 1e6:.1f}", f"{s.fetched_bytes / 1e6:.1f}",
           f"{s.task_seconds:.2f}"] for s in stages]))

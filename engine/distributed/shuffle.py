@@ -29,7 +29,10 @@ from engine.distributed.ids import Attempt, JobId, StageId
 
 _TICKET_VERSION = 1
 _MAX_INDEX = 1 << 20
-_WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+# Uncompressed: files are read back memory-mapped and served over Flight uncompressed, so
+# lz4 only cost CPU (measured on 189 MB of lineitem: write 90 against 230 ms, read 5
+# against 150-420 ms), on the map side and again on each fetch.
+_WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression=None)
 
 
 class BadShuffleKey(ValueError):
