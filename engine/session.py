@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import overload
 
@@ -107,20 +108,13 @@ class SqlEngine:
         if query.rows is not None:
             yield from query.rows.to_batches()
             return
-        assert query.frame is not None
-        timeout_s = self.config.query_timeout_s
-        with self.admission.slot(is_cancelled, timeout_s):
-            with translated_errors():
-                plan = shippable_plan(query.frame)
+        with self._admitted(query, is_cancelled) as plan:
             if plan is not None:
-                yield from self._workers.batches(plan, query.schema, timeout_s, is_cancelled,
+                yield from self._workers.batches(plan, query.schema,
+                                                 self.config.query_timeout_s, is_cancelled,
                                                  encoded)
-                return
-            batches = self._runner.batches(query.frame, timeout_s, is_cancelled)
-            with translated_errors():
-                for batch in batches:
-                    for piece in split_batch(batch, self.config.max_batch_bytes):
-                        yield conform_batch(piece, query.schema)
+            else:
+                yield from self._in_process(query, is_cancelled)
 
     def write_map_output(self, query: PlannedQuery, output: MapOutput,
                          is_cancelled: Callable[[], bool],
@@ -128,15 +122,33 @@ class SqlEngine:
         """Run a map task's query and write its output partitions; rows per partition.
 
         In a worker, the worker writes the files: the rows never cross the pipe."""
+        with self._admitted(query, is_cancelled) as plan:
+            if plan is not None:
+                return self._workers.write_map_output(
+                    plan, query.schema, output, self.config.query_timeout_s, is_cancelled,
+                    first_written)
+            return output.write(self._in_process(query, is_cancelled), query.schema,
+                                first_written)
+
+    @contextmanager
+    def _admitted(self, query: PlannedQuery, is_cancelled: Callable[[], bool]
+                  ) -> Iterator[bytes | None]:
+        """Hold a running slot; yield the query's physical plan for a worker, or None when
+        its scans cannot ship and it must run in this process."""
         assert query.frame is not None
-        timeout_s = self.config.query_timeout_s
-        with self.admission.slot(is_cancelled, timeout_s):
+        with self.admission.slot(is_cancelled, self.config.query_timeout_s):
             with translated_errors():
                 plan = shippable_plan(query.frame)
-            if plan is not None:
-                return self._workers.write_map_output(plan, query.schema, output, timeout_s,
-                                                      is_cancelled, first_written)
-        return output.write(self.stream(query, is_cancelled), query.schema, first_written)
+            yield plan
+
+    def _in_process(self, query: PlannedQuery, is_cancelled: Callable[[], bool]
+                    ) -> Iterator[pa.RecordBatch]:
+        assert query.frame is not None
+        batches = self._runner.batches(query.frame, self.config.query_timeout_s, is_cancelled)
+        with translated_errors():
+            for batch in batches:
+                for piece in split_batch(batch, self.config.max_batch_bytes):
+                    yield conform_batch(piece, query.schema)
 
     def close(self) -> None:
         self._workers.close()

@@ -168,23 +168,11 @@ class QueryWorkers:
     ) -> Iterator[ResultBatch]:
         """Run `plan` in a worker; batches with `schema`, at most `max_batch_bytes` each
         (with `encoded`, as the IPC messages the worker sent)."""
-        until = limits_check(timeout_s, is_cancelled)
-        worker = self._take()
-        reusable = False
-        try:
-            worker.send(encode_request(self._config, schema, plan))
-            while True:
-                kind, payload = worker.read_frame(until)
-                if kind == BATCH:
-                    message = pa.py_buffer(payload)
-                    yield message if encoded else pa.ipc.read_record_batch(message, schema)
-                elif kind == END:
-                    reusable = True
-                    return
-                else:  # ERROR: the worker ends after reporting it
-                    raise classify_datafusion_error(Exception(bytes(payload).decode()))
-        finally:
-            self._give_back(worker) if reusable else self._discard(worker)
+        request = encode_request(self._config, schema, plan)
+        for kind, payload in self._frames(request, timeout_s, is_cancelled):
+            if kind == BATCH:
+                message = pa.py_buffer(payload)
+                yield message if encoded else pa.ipc.read_record_batch(message, schema)
 
     def write_map_output(
         self,
@@ -197,20 +185,31 @@ class QueryWorkers:
     ) -> dict[int, int]:
         """Run a map task's `plan` in a worker that writes `output` itself (its rows never
         cross the pipe); rows per partition."""
+        request = encode_request(self._config, schema, plan, output)
+        for kind, payload in self._frames(request, timeout_s, is_cancelled):
+            if kind == FIRST_WRITTEN:
+                first_written()
+            elif kind == END:
+                return {int(p): rows for p, rows in json.loads(bytes(payload)).items()}
+        raise AssertionError("unreachable: the frames end with END or raise")
+
+    def _frames(self, request: bytes, timeout_s: float | None,
+                is_cancelled: Callable[[], bool]) -> Iterator[tuple[bytes, memoryview]]:
+        """Send `request` to a worker and yield its frames up to and including END; an
+        ERROR frame raises. The worker is reused only if its answer was read to END."""
         until = limits_check(timeout_s, is_cancelled)
         worker = self._take()
         reusable = False
         try:
-            worker.send(encode_request(self._config, schema, plan, output))
+            worker.send(request)
             while True:
                 kind, payload = worker.read_frame(until)
-                if kind == FIRST_WRITTEN:
-                    first_written()
-                elif kind == END:
-                    reusable = True
-                    return {int(p): rows for p, rows in json.loads(bytes(payload)).items()}
-                else:  # ERROR: the worker ends after reporting it
+                if kind == ERROR:  # the worker ends after reporting it
                     raise classify_datafusion_error(Exception(bytes(payload).decode()))
+                reusable = kind == END
+                yield kind, payload
+                if reusable:
+                    return
         finally:
             self._give_back(worker) if reusable else self._discard(worker)
 
