@@ -128,3 +128,39 @@ def test_not_in_over_nullable_columns_is_not_cut(engine: SqlEngine) -> None:
     # Over NOT NULL columns it is a plain anti join, and is cut.
     assert len(_plan(engine, "SELECT o_orderkey FROM orders WHERE o_custkey NOT IN "
                              "(SELECT c_custkey FROM customer)").stages) > 1
+
+
+def _hash_exchanges(plan: StagePlan) -> int:
+    return sum(s.output.kind is ExchangeKind.HASH for s in plan.stages)
+
+
+def test_hashed_rows_are_not_shuffled_again_on_the_same_keys(engine: SqlEngine) -> None:
+    # Join on orderkey, then group by the right side's orderkey and more: an inner
+    # join's output is hashed on both key columns, and a group-by on a superset of the
+    # keys finds each group in one task. Two exchanges (the join inputs), not three.
+    grouped = _plan(engine, "SELECT l_orderkey, o_orderdate, sum(l_quantity) FROM orders "
+                            "JOIN lineitem ON o_orderkey = l_orderkey "
+                            "GROUP BY l_orderkey, o_orderdate")
+    assert _hash_exchanges(grouped) == 2
+    assert "join, aggregate" in grouped.stages[-2].summary
+    # A second join on the same key (through a projection and a semi join) reuses it.
+    chained = _plan(engine, "SELECT o_orderkey, c_name FROM customer JOIN orders "
+                            "ON c_custkey = o_custkey JOIN lineitem ON l_orderkey = o_orderkey "
+                            "WHERE o_orderkey IN (SELECT l_orderkey FROM lineitem "
+                            "GROUP BY l_orderkey HAVING sum(l_quantity) > 200)")
+    assert _hash_exchanges(chained) == 5  # customer, orders; lineitem; subquery (2-phase)
+    assert sum("join" in s.summary for s in chained.stages) == 2
+
+
+def test_outer_join_sides_padded_with_nulls_are_shuffled(engine: SqlEngine) -> None:
+    # A left join's right keys are NULL for unmatched rows, in whichever task their left
+    # row was: grouping on them needs a shuffle, grouping on the left keys does not.
+    on_left = _plan(engine, "SELECT c_custkey, count(o_orderkey) FROM customer "
+                            "LEFT JOIN orders ON c_custkey = o_custkey GROUP BY c_custkey")
+    on_right = _plan(engine, "SELECT o_custkey, count(*) FROM customer "
+                             "LEFT JOIN orders ON c_custkey = o_custkey GROUP BY o_custkey")
+    assert _hash_exchanges(on_left) == 2
+    assert _hash_exchanges(on_right) == 3
+    full = _plan(engine, "SELECT c_custkey, count(*) FROM customer "
+                         "FULL JOIN orders ON c_custkey = o_custkey GROUP BY c_custkey")
+    assert _hash_exchanges(full) == 3

@@ -15,7 +15,7 @@ inside subquery expressions always see the whole table (DESIGN §6: q22).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,7 +121,21 @@ class _Dist:
     """How the rows a relation produces are spread over its stage's tasks."""
 
     tasks: int
-    keys: tuple[int, ...] | None = None  # hash-partitioned on these columns into `tasks`
+    # Hash-partitioned into `tasks` on each of these column tuples alike (after an inner
+    # join, on its left keys and on its right keys: equal values of one type).
+    keyings: tuple[tuple[int, ...], ...] = ()
+
+    def through(self, sources: list[int | None]) -> _Dist:
+        """After a relation whose output column j is its input column sources[j]."""
+        kept = tuple(tuple(sources.index(k) for k in keys) for keys in self.keyings
+                     if all(k in sources for k in keys))
+        return _Dist(self.tasks, kept)
+
+    def emitted(self, common: algebra_pb2.RelCommon) -> _Dist:
+        """After a relation's output mapping."""
+        if not common.HasField("emit"):
+            return self
+        return self.through(list(common.emit.output_mapping))
 
 
 _SINGLE = _Dist(1)
@@ -236,15 +250,36 @@ def _visit_single_input(cut: _Cut, rel: algebra_pb2.Rel, kind: str
         body.input.CopyFrom(_gather(cut, child, dist))
         return rel, _SINGLE
     body.input.CopyFrom(child)
-    return rel, _Dist(dist.tasks, _remap_keys(dist.keys, body.common))
+    if kind == "project" and dist.keyings:
+        return rel, _through_project(cut, child, body, dist)
+    return rel, dist.emitted(body.common)
+
+
+def _through_project(cut: _Cut, child: algebra_pb2.Rel, project: algebra_pb2.ProjectRel,
+                     dist: _Dist) -> _Dist:
+    """A projection emits its input's columns, then its expressions; a plain field
+    expression carries a hash key on."""
+    width = len(_schema_of(cut, _stage_plan(cut.plan, child, None)))
+    sources: list[int | None] = list(range(width))
+    sources += [_field_index(e) for e in project.expressions]
+    if project.common.HasField("emit"):
+        sources = [sources[i] for i in project.common.emit.output_mapping]
+    return dist.through(sources)
 
 
 def _visit_aggregate(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, _Dist]:
     aggregate = rel.aggregate
     child, dist = _visit(cut, aggregate.input)
     keys = _group_keys(aggregate)
+    if keys is not None and dist.tasks == cut.partitions and any(
+            all(key in keys for key in keying) for keying in dist.keyings):
+        # Rows of one group agree on a subset of its keys, so hashing on that subset
+        # already put each group in one task: aggregate in place.
+        aggregate.input.CopyFrom(child)
+        group_columns: list[int | None] = list(keys)
+        return rel, dist.through(group_columns).emitted(aggregate.common)
     ungrouped = not aggregate.grouping_expressions and len(aggregate.groupings) <= 1
-    if (ungrouped and dist.tasks > 1) or (keys is not None and dist.keys != keys):
+    if (ungrouped and dist.tasks > 1) or keys is not None:
         split = _two_phase(cut, rel, child, dist, len(keys or ()))
         if split is not None:
             return split
@@ -252,8 +287,7 @@ def _visit_aggregate(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, 
         aggregate.input.CopyFrom(_gather(cut, child, dist))
         return rel, _SINGLE
     aggregate.input.CopyFrom(_hash(cut, child, dist, keys))
-    group_columns = tuple(range(len(aggregate.grouping_expressions)))
-    return rel, _Dist(cut.partitions, _remap_keys(group_columns, aggregate.common))
+    return rel, _hashed_on(cut, range(len(keys))).emitted(aggregate.common)
 
 
 # -- two-phase aggregation --------------------------------------------------------------
@@ -333,8 +367,7 @@ def _two_phase(cut: _Cut, rel: algebra_pb2.Rel, child: algebra_pb2.Rel, dist: _D
     project.project.common.emit.output_mapping.extend(natural[i] for i in mapping)
     if not key_count:
         return project, _SINGLE
-    return project, _Dist(cut.partitions, _remap_keys(tuple(range(key_count)),
-                                                      aggregate.common))
+    return project, _hashed_on(cut, range(key_count)).emitted(aggregate.common)
 
 
 def _field(column: int) -> algebra_pb2.Expression:
@@ -393,17 +426,52 @@ def _visit_join(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, _Dist
     if broadcast == "right":
         join.left.CopyFrom(left)
         join.right.CopyFrom(_whole(cut, right, right_dist))
-        return rel, _Dist(left_dist.tasks, left_dist.keys)
+        return rel, _joined(join, left_width, left_dist, None)
     if broadcast == "left":
         join.left.CopyFrom(_whole(cut, left, left_dist))
         join.right.CopyFrom(right)
-        keys = right_dist.keys
-        if keys is not None and join.type not in _RIGHT_ONLY_OUTPUT:
-            keys = tuple(k + left_width for k in keys)
-        return rel, _Dist(right_dist.tasks, _remap_keys(keys, join.common))
-    join.left.CopyFrom(_hash(cut, left, left_dist, tuple(p[0] for p in pairs)))
-    join.right.CopyFrom(_hash(cut, right, right_dist, tuple(p[1] for p in pairs)))
-    return rel, _Dist(cut.partitions)
+        return rel, _joined(join, left_width, None, right_dist)
+    left_keys, right_keys = _co_partition_keys(cut, pairs, left_dist, right_dist)
+    join.left.CopyFrom(_hash(cut, left, left_dist, left_keys))
+    join.right.CopyFrom(_hash(cut, right, right_dist, right_keys))
+    return rel, _joined(join, left_width, _hashed_on(cut, left_keys),
+                        _hashed_on(cut, right_keys))
+
+
+def _co_partition_keys(cut: _Cut, pairs: list[tuple[int, int]], left_dist: _Dist,
+                       right_dist: _Dist) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The columns to hash each join input on. Rows that match agree on every key pair,
+    so hashing both sides on any subset of the pairs puts matches in the same task: an
+    input already hashed on such a subset keeps its partitioning, and only the other
+    input is shuffled to match it (equal key columns have equal types, so equal values
+    hash alike)."""
+    left_columns = [left for left, _ in pairs]
+    right_columns = [right for _, right in pairs]
+    for dist, mine, other in ((left_dist, left_columns, right_columns),
+                              (right_dist, right_columns, left_columns)):
+        for keys in dist.keyings if dist.tasks == cut.partitions else ():
+            if all(key in mine for key in keys):
+                matched = tuple(other[mine.index(key)] for key in keys)
+                return (keys, matched) if mine is left_columns else (matched, keys)
+    return tuple(left_columns), tuple(right_columns)
+
+
+def _joined(join: algebra_pb2.JoinRel, left_width: int, left: _Dist | None,
+            right: _Dist | None) -> _Dist:
+    """How a join's output is spread, from the spread of the input(s) its tasks split
+    (the other input is whole in every task). A side's hash keys hold in the output if
+    every output row carries that side's key values: not for the side an outer join
+    pads with nulls."""
+    split = left or right
+    assert split is not None
+    keyings: list[tuple[int, ...]] = []
+    if left is not None and join.type in _LEFT_KEYS_KEPT:
+        keyings += left.keyings
+    if right is not None and join.type in _RIGHT_ONLY_OUTPUT:
+        keyings += right.keyings
+    elif right is not None and join.type in _RIGHT_KEYS_KEPT:
+        keyings += [tuple(k + left_width for k in keys) for keys in right.keyings]
+    return _Dist(split.tasks, tuple(keyings)).emitted(join.common)
 
 
 # -- broadcast joins --------------------------------------------------------------------
@@ -415,6 +483,10 @@ _BROADCAST_RIGHT = {_J.JOIN_TYPE_INNER, _J.JOIN_TYPE_LEFT, _J.JOIN_TYPE_LEFT_SEM
 _BROADCAST_LEFT = {_J.JOIN_TYPE_INNER, _J.JOIN_TYPE_RIGHT, _J.JOIN_TYPE_RIGHT_SEMI,
                    _J.JOIN_TYPE_RIGHT_ANTI, _J.JOIN_TYPE_RIGHT_MARK}
 _RIGHT_ONLY_OUTPUT = {_J.JOIN_TYPE_RIGHT_SEMI, _J.JOIN_TYPE_RIGHT_ANTI}
+# Join types whose every output row carries that input's key values unchanged.
+_LEFT_KEYS_KEPT = {_J.JOIN_TYPE_INNER, _J.JOIN_TYPE_LEFT, _J.JOIN_TYPE_LEFT_SEMI,
+                   _J.JOIN_TYPE_LEFT_ANTI, _J.JOIN_TYPE_LEFT_MARK}
+_RIGHT_KEYS_KEPT = {_J.JOIN_TYPE_INNER, _J.JOIN_TYPE_RIGHT}
 
 
 def _broadcast_side(cut: _Cut, join_type: int, left: algebra_pb2.Rel, right: algebra_pb2.Rel
@@ -457,9 +529,13 @@ def _gather(cut: _Cut, rel: algebra_pb2.Rel, dist: _Dist) -> algebra_pb2.Rel:
 
 def _hash(cut: _Cut, rel: algebra_pb2.Rel, dist: _Dist, keys: tuple[int, ...]
           ) -> algebra_pb2.Rel:
-    if dist.keys == keys and dist.tasks == cut.partitions:
+    if keys in dist.keyings and dist.tasks == cut.partitions:
         return rel  # already partitioned this way
     return _exchange(cut, rel, dist, Exchange(ExchangeKind.HASH, cut.partitions, keys))
+
+
+def _hashed_on(cut: _Cut, keys: Iterable[int]) -> _Dist:
+    return _Dist(cut.partitions, (tuple(keys),))
 
 
 def _exchange(cut: _Cut, rel: algebra_pb2.Rel, dist: _Dist, output: Exchange
@@ -659,14 +735,3 @@ def _equi_keys(cut: _Cut, expression: algebra_pb2.Expression, left_width: int
     if second < left_width <= first:
         return [(second, first - left_width)]
     return []
-
-
-def _remap_keys(keys: tuple[int, ...] | None, common: algebra_pb2.RelCommon
-                ) -> tuple[int, ...] | None:
-    """Hash keys after a relation's output mapping (None when a key is dropped)."""
-    if keys is None or not common.HasField("emit"):
-        return keys
-    mapping = list(common.emit.output_mapping)
-    if not all(k in mapping for k in keys):
-        return None
-    return tuple(mapping.index(k) for k in keys)
