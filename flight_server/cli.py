@@ -189,13 +189,17 @@ coordinator.params = [p for p in serve.params]
 @click.option("--catalog-uri", envvar="KRISHIV_CATALOG_URI", default=None,
               help="The Iceberg REST catalog the coordinator uses.")
 @click.option("--insecure", is_flag=True, help="Serve without KRISHIV_EXECUTOR_TASK_BEARER_TOKEN.")
+@click.option("--local-shuffle-reads/--no-local-shuffle-reads",
+              envvar="KRISHIV_LOCAL_SHUFFLE_READS", default=True, show_default=True,
+              help="Read the shuffle files of executors on this machine in place, not over "
+                   "Flight (and let them read this one's).")
 @click.option("--fault", "faults", multiple=True, envvar="KRISHIV_FAULTS", hidden=True,
               help="Chaos tests only (needs KRISHIV_ENABLE_FAULT_INJECTION=1): "
                    "ACTION@POINT[:stage=S,partition=P,attempt=A,seconds=X].")
 @click.option("--log-level", envvar="KRISHIV_LOG_LEVEL", default="INFO", show_default=True)
 def executor(host: str, port: int, work_dir: Path, coordinator: str | None, warehouse: Path,
-             catalog_uri: str | None, insecure: bool, faults: tuple[str, ...],
-             log_level: str) -> None:
+             catalog_uri: str | None, insecure: bool, local_shuffle_reads: bool,
+             faults: tuple[str, ...], log_level: str) -> None:
     """Run an executor: serve shuffle data and, with --coordinator, run its tasks."""
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -224,7 +228,8 @@ def executor(host: str, port: int, work_dir: Path, coordinator: str | None, ware
         config = ServerConfig(warehouse=warehouse, catalog_uri=catalog_uri)
         engine = SqlEngine(open_catalog(config), EngineConfig())
         handler.agent = ExecutorAgent(coordinator, token or None, f"grpc://{host}:{bound}",
-                                      work_dir.resolve(), engine, faults=injected)
+                                      work_dir.resolve(), engine, faults=injected,
+                                      local_reads=local_shuffle_reads)
         try:
             handler.agent.start()
         except Exception as exc:

@@ -33,7 +33,12 @@ from engine import PlannedQuery, SqlEngine
 from engine.arrow_types import conform_batch
 from engine.distributed.faults import FaultPoint, Faults
 from engine.distributed.ids import Attempt, ExecutorId, JobId, StageId, TaskAttempt, TaskId
-from engine.distributed.messages import StageInput, decode_stage_task, encode_stage_task
+from engine.distributed.messages import (
+    InputSource,
+    StageInput,
+    decode_stage_task,
+    encode_stage_task,
+)
 from engine.distributed.planner import StageDef, StagePlan
 from engine.distributed.shuffle import (
     MapOutput,
@@ -93,6 +98,8 @@ RESULT_TTL_S = 600.0
 # Shuffle files of a job never announced as ended are removed after this long.
 SHUFFLE_TTL_S = 6 * 3600.0
 SWEEP_EVERY_S = 300.0
+# In an executor's work dir: the id of the executor whose shuffle files it holds.
+WORK_DIR_OWNER = ".executor-id"
 # An executor whose coordinator stays unreachable this long stops itself.
 COORDINATOR_GONE_S = 30.0
 
@@ -251,6 +258,7 @@ class CoordinatorService:
         self._machine = Coordinator(settings)
         self._lock = threading.Lock()
         self._addresses: dict[ExecutorId, str] = {}
+        self._work_dirs: dict[ExecutorId, str] = {}  # of executors that offer in-place reads
         self._jobs: dict[JobId, _Job] = {}
         self._shuffle_bytes_fetched = 0  # over all jobs, as executors report it
         self._launcher = ThreadPoolExecutor(max_workers=16, thread_name_prefix="launch")
@@ -268,6 +276,7 @@ class CoordinatorService:
                 raise InvalidArgument("executor address must be a grpc:// URI")
             with self._lock:
                 self._addresses[executor] = address
+                self._work_dirs[executor] = str(message.get("work_dir", ""))
             self._handle(ExecutorJoined(executor, int(message.get("slots", 1)), time.monotonic()))
             log.info("executor %s joined at %s", executor, address)
         elif kind == HEARTBEAT:
@@ -314,6 +323,7 @@ class CoordinatorService:
             self._live = live
             for executor in lost:
                 self._addresses.pop(executor, None)
+                self._work_dirs.pop(executor, None)
         for executor in lost:
             log.warning("executor %s lost; its tasks and outputs move elsewhere", executor)
         for action in actions:
@@ -340,9 +350,9 @@ class CoordinatorService:
                                 "default_schema": job.query.default_schema}
         if job.stages:
             with self._lock:
-                addresses = dict(self._addresses)
+                addresses, work_dirs = dict(self._addresses), dict(self._work_dirs)
             body.update(encode_stage_task(job.stages[task.stage], task.partition, job.stages,
-                                          launch.inputs, addresses))
+                                          launch.inputs, addresses, work_dirs))
         else:
             body["sql"] = job.text
             parameters = job.query.parameters
@@ -561,7 +571,7 @@ class ExecutorAgent:
 
     def __init__(self, coordinator: str, token: str | None, address: str, work_dir: Path,
                  engine: SqlEngine, slots: int = 2, heartbeat_s: float = 1.0,
-                 faults: Faults | None = None) -> None:
+                 faults: Faults | None = None, local_reads: bool = True) -> None:
         self.id = ExecutorId(f"executor-{uuid.uuid4().hex[:12]}")
         self._faults = faults or Faults()
         self._coordinator = coordinator
@@ -570,6 +580,7 @@ class ExecutorAgent:
         self._work_dir = work_dir
         self._engine = engine
         self._slots = slots
+        self._local_reads = local_reads
         self._runner = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="task")
         self._cancelled: dict[TaskAttempt, threading.Event] = {}
         self._fetched: dict[TaskAttempt, int] = {}  # bytes a running task fetched remotely
@@ -578,7 +589,13 @@ class ExecutorAgent:
                                         daemon=True)
 
     def start(self) -> None:
-        self._call(REGISTER, {"address": self._address, "slots": self._slots})
+        work_dir = ""
+        if self._local_reads:
+            self._work_dir.mkdir(parents=True, exist_ok=True)
+            (self._work_dir / WORK_DIR_OWNER).write_text(self.id)
+            work_dir = str(self._work_dir)
+        self._call(REGISTER, {"address": self._address, "slots": self._slots,
+                              "work_dir": work_dir})
         self._thread.start()
 
     def _call(self, kind: str, body: dict[str, Any]) -> None:
@@ -704,6 +721,15 @@ class ExecutorAgent:
             if origin.executor == self.id:
                 paths.append(key.path(self._work_dir))
                 continue
+            in_place = self._in_place(origin, key)
+            if in_place is not None:
+                size = in_place.stat().st_size
+                self._fetched[attempt] = self._fetched.get(attempt, 0) + size
+                log.info("%s read stage %s partition %s of map task %s of %s in place: %d "
+                         "bytes (task %s)", self.id, source.stage, source.partition,
+                         origin.map_task, origin.executor, size, attempt.task)
+                paths.append(in_place)
+                continue
             target = scratch / "fetched" / f"{source.stage}-{origin.map_task}.arrows"
             try:
                 written = _fetch_to_file(origin.address, key, self._token, target,
@@ -717,6 +743,21 @@ class ExecutorAgent:
                      written.bytes, attempt.task)
             paths.append(target)
         return tuple(paths)
+
+    def _in_place(self, origin: InputSource, key: ShuffleKey) -> Path | None:
+        """Another executor's shuffle file, when its work dir is on this machine: read
+        where it lies instead of copied over Flight. The owner file tells a work dir seen
+        here from another machine's (or a restarted executor's) folder of the same name."""
+        if not (self._local_reads and origin.work_dir):
+            return None
+        folder = Path(origin.work_dir)
+        try:
+            if (folder / WORK_DIR_OWNER).read_text() != origin.executor:
+                return None
+        except OSError:
+            return None
+        path = key.path(folder)
+        return path if path.is_file() else None
 
     def drop_job(self, body: bytes) -> None:
         job = str(_json(body).get("job", ""))

@@ -88,9 +88,10 @@ def start_krishiv(command: list[str], log_dir: Path, env: dict[str, str] | None,
 
 @contextmanager
 def running_server(warehouse: Path, log_dir: Path, args: list[str] | None = None,
-                   token: str | None = None) -> Iterator[RunningServer]:
+                   token: str | None = None, env: dict[str, str] | None = None
+                   ) -> Iterator[RunningServer]:
     """start_server for a `with` block, always stopped at its end."""
-    server = start_server(warehouse, log_dir, args=args, token=token)
+    server = start_server(warehouse, log_dir, args=args, token=token, env=env)
     try:
         yield server
     finally:

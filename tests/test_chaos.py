@@ -87,7 +87,8 @@ class ChaosCluster:
         self.executors.append(start_krishiv(
             ["executor", "--coordinator", f"grpc://127.0.0.1:{self.coordinator.port}",
              "--warehouse", str(self.warehouse),
-             "--work-dir", str(self.folder / f"work-{self.started}")],
+             "--work-dir", str(self.folder / f"work-{self.started}"),
+             "--no-local-shuffle-reads"],  # the serving fault points need Flight fetches
             self.folder, env, EXECUTOR_TOKEN, "executor serving shuffle data", 60.0))
         deadline = time.monotonic() + 30
         while self.coordinator.log().count("joined at") < self.started:

@@ -19,6 +19,7 @@ import pytest
 
 from catalog import IcebergCatalog
 from engine.distributed.shuffle import RESULT_TICKET_PREFIX
+from flight_server.cluster import WORK_DIR_OWNER
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.protocol import pack
 from tests.conftest import adbc_connect
@@ -33,11 +34,12 @@ TOKEN = "cluster-client-token"
 @pytest.fixture(scope="module")
 def cluster(demo_warehouse: Path, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[RunningServer]:
-    # No broadcast joins: every join shuffles both inputs (the by-hand cluster below
-    # runs with the default limit, so TPC-H is checked both ways).
+    # No broadcast joins: every join shuffles both inputs, and executors fetch each
+    # other's files over Flight (the by-hand cluster below runs with the default limit
+    # and reads them in place, so TPC-H is checked both ways).
     args = ["--executors", "2", "--default-schema", "tpch", "--broadcast-limit", "0"]
     with running_server(demo_warehouse, tmp_path_factory.mktemp("cluster"), args,
-                        TOKEN) as server:
+                        TOKEN, {"KRISHIV_LOCAL_SHUFFLE_READS": "0"}) as server:
         yield server
 
 
@@ -244,12 +246,19 @@ def test_coordinator_with_executors_started_by_hand(
                 assert as_multiset(cur.fetchall()) == as_multiset(
                     duck.execute(texts[number]).fetchall()), f"q{number}"
         assert len(_executors_that_ran_tasks(coordinator)) == 2
+        # Same machine: each reads the other's shuffle files in place, not over Flight.
+        logs = "".join(e.log() for e in executors)
+        assert re.search(r"read stage \d+ partition \d+ of map task \d+ of executor-\w+ in "
+                         r"place: [1-9]\d* bytes", logs)
+        assert "over Flight" not in logs
         # finished jobs leave no shuffle files behind
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(
-                any((tmp_path / f"w{i}").iterdir()) for i in range(2)):
+                any(f.name != WORK_DIR_OWNER for f in (tmp_path / f"w{i}").iterdir())
+                for i in range(2)):
             time.sleep(0.2)
-        assert not any(any((tmp_path / f"w{i}").iterdir()) for i in range(2))
+        assert [f.name for i in range(2) for f in (tmp_path / f"w{i}").iterdir()] == [
+            WORK_DIR_OWNER] * 2
     finally:
         for process in [*executors, coordinator]:
             process.stop()

@@ -39,6 +39,9 @@ class InputSource:
     stage_attempt: Attempt
     map_task: int
     attempt: Attempt
+    # The writer's work dir, for a reader on the same machine to read in place ("" if
+    # the writer does not offer that).
+    work_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ class StageTaskMessage:
 
 def encode_stage_task(stage: StageDef, task: int, stages: dict[StageId, StageDef],
                       outputs: dict[StageId, tuple[OutputLocation, ...]],
-                      addresses: dict[ExecutorId, str]) -> dict[str, Any]:
+                      addresses: dict[ExecutorId, str],
+                      work_dirs: dict[ExecutorId, str]) -> dict[str, Any]:
     inputs = []
     for source_id in stage.inputs:
         source = stages[source_id]
@@ -70,7 +74,9 @@ def encode_stage_task(stage: StageDef, task: int, stages: dict[StageId, StageDef
             "stage": source_id, "schema": _schema_b64(source.schema), "partition": partition,
             "sources": [{"executor": o.executor, "address": addresses.get(o.executor, ""),
                          "stage_attempt": o.stage_attempt, "map_task": o.partition,
-                         "attempt": o.attempt} for o in outputs.get(source_id, ())],
+                         "attempt": o.attempt,
+                         "work_dir": work_dirs.get(o.executor, "")}
+                        for o in outputs.get(source_id, ())],
         })
     return {
         "plan": _b64(stage.plan),
@@ -100,7 +106,8 @@ def decode_stage_task(body: dict[str, Any]) -> StageTaskMessage:
         StageInput(StageId(int(i["stage"])), _schema_from(i["schema"]), int(i["partition"]),
                    tuple(InputSource(ExecutorId(str(s["executor"])), str(s["address"]),
                                      Attempt(int(s["stage_attempt"])), int(s["map_task"]),
-                                     Attempt(int(s["attempt"]))) for s in i["sources"]))
+                                     Attempt(int(s["attempt"])), str(s.get("work_dir", "")))
+                         for s in i["sources"]))
         for i in body["inputs"]
     )
     output = body["output"]
