@@ -98,6 +98,8 @@ RESULT_TTL_S = 600.0
 # Shuffle files of a job never announced as ended are removed after this long.
 SHUFFLE_TTL_S = 6 * 3600.0
 SWEEP_EVERY_S = 300.0
+# Tasks an executor runs at once.
+TASK_SLOTS = 2
 # In an executor's work dir: the id of the executor whose shuffle files it holds.
 WORK_DIR_OWNER = ".executor-id"
 # An executor whose coordinator stays unreachable this long stops itself.
@@ -570,7 +572,7 @@ class ExecutorAgent:
     """Registers with the coordinator, heartbeats, and runs the tasks it is sent."""
 
     def __init__(self, coordinator: str, token: str | None, address: str, work_dir: Path,
-                 engine: SqlEngine, slots: int = 2, heartbeat_s: float = 1.0,
+                 engine: SqlEngine, slots: int = TASK_SLOTS, heartbeat_s: float = 1.0,
                  faults: Faults | None = None, local_reads: bool = True) -> None:
         self.id = ExecutorId(f"executor-{uuid.uuid4().hex[:12]}")
         self._faults = faults or Faults()
