@@ -19,6 +19,7 @@ from engine.bridge import CatalogBridge, TableCache, base_context
 from engine.config import EngineConfig
 from engine.dialects import DATAFUSION, to_datafusion
 from engine.distributed.shuffle import MapOutput
+from engine.distributed.stage_task import StageTask
 from engine.parameters import bound_values, number_placeholders, parameter_schema
 from engine.references import all_referenced_tables, referenced_tables
 from engine.runner import StreamRunner
@@ -129,6 +130,16 @@ class SqlEngine:
                     first_written)
             return output.write(self._in_process(query, is_cancelled), query.schema,
                                 first_written)
+
+    def write_stage_output(self, task: StageTask, output: MapOutput,
+                           is_cancelled: Callable[[], bool],
+                           first_written: Callable[[], None]) -> dict[int, int]:
+        """Run one task of a stage in a worker, which plans it over the task's files and
+        writes its output partitions; rows per partition."""
+        with self.admission.slot(is_cancelled, self.config.query_timeout_s):
+            return self._workers.write_map_output(
+                task.encode(), task.schema, output, self.config.query_timeout_s, is_cancelled,
+                first_written, stage_task=True)
 
     @contextmanager
     def _admitted(self, query: PlannedQuery, is_cancelled: Callable[[], bool]

@@ -21,12 +21,14 @@ from datafusion.plan import ExecutionPlan
 
 from engine.arrow_types import conform_batch, sized_batches
 from engine.bridge import base_context
+from engine.distributed.stage_task import StageTask, stage_frame
 from engine.workers import (
     BATCH,
     END,
     ERROR,
     FIRST_WRITTEN,
     REQUEST,
+    STAGE_REQUEST,
     decode_request,
     read_frame,
     write_frame,
@@ -79,10 +81,14 @@ def _partition_batches(ctx: SessionContext, plan: ExecutionPlan) -> Iterator[pa.
             yield item
 
 
-def _run(payload: bytes, out: IO[bytes]) -> None:
+def _run(kind: bytes, payload: bytes, out: IO[bytes]) -> None:
     config, schema, plan_bytes, output = decode_request(payload)
-    ctx = base_context(config)
-    plan = ExecutionPlan.from_bytes(ctx, plan_bytes)
+    if kind == STAGE_REQUEST:
+        ctx, frame = stage_frame(config, StageTask.decode(plan_bytes))
+        plan = frame.execution_plan()
+    else:
+        ctx = base_context(config)
+        plan = ExecutionPlan.from_bytes(ctx, plan_bytes)
     conformed = (conform_batch(batch, schema) for batch in _partition_batches(ctx, plan))
     if output is not None:
         def first_written() -> None:
@@ -102,10 +108,10 @@ def main() -> None:
     source, out = sys.stdin.buffer, sys.stdout.buffer
     while (frame := read_frame(source)) is not None:
         kind, payload = frame
-        if kind != REQUEST:
+        if kind not in (REQUEST, STAGE_REQUEST):
             sys.exit(f"query worker: unexpected frame {kind!r}")
         try:
-            _run(payload, out)
+            _run(kind, payload, out)
         except Exception as exc:
             # The error may leave this process's partitions running; a clean process is
             # cheaper to reason about than a busy one, so the worker ends after reporting.

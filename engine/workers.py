@@ -34,7 +34,8 @@ from engine.errors import WorkerLost
 from engine.runner import limits_check
 from engine.translate import classify_datafusion_error
 
-REQUEST = b"Q"
+REQUEST = b"Q"  # the plan part: a physical plan
+STAGE_REQUEST = b"S"  # the plan part: a stage task (engine.distributed.stage_task)
 BATCH = b"B"
 FIRST_WRITTEN = b"F"  # a map task's first batch is in its files
 END = b"E"  # the payload: empty, or a map task's rows per partition (JSON)
@@ -101,9 +102,9 @@ class _Worker:
         with contextlib.suppress(OSError):
             fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
 
-    def send(self, payload: bytes) -> None:
+    def send(self, kind: bytes, payload: bytes) -> None:
         try:
-            write_frame(self._stdin, REQUEST, payload)
+            write_frame(self._stdin, kind, payload)
             self._stdin.flush()
         except OSError:
             raise self._lost() from None
@@ -169,7 +170,7 @@ class QueryWorkers:
         """Run `plan` in a worker; batches with `schema`, at most `max_batch_bytes` each
         (with `encoded`, as the IPC messages the worker sent)."""
         request = encode_request(self._config, schema, plan)
-        for kind, payload in self._frames(request, timeout_s, is_cancelled):
+        for kind, payload in self._frames(REQUEST, request, timeout_s, is_cancelled):
             if kind == BATCH:
                 message = pa.py_buffer(payload)
                 yield message if encoded else pa.ipc.read_record_batch(message, schema)
@@ -182,18 +183,21 @@ class QueryWorkers:
         timeout_s: float | None,
         is_cancelled: Callable[[], bool],
         first_written: Callable[[], None],
+        stage_task: bool = False,
     ) -> dict[int, int]:
-        """Run a map task's `plan` in a worker that writes `output` itself (its rows never
-        cross the pipe); rows per partition."""
+        """Run a map task's `plan` (a physical plan, or with `stage_task` an encoded stage
+        task the worker plans itself) in a worker that writes `output` itself (its rows
+        never cross the pipe); rows per partition."""
         request = encode_request(self._config, schema, plan, output)
-        for kind, payload in self._frames(request, timeout_s, is_cancelled):
+        request_kind = STAGE_REQUEST if stage_task else REQUEST
+        for kind, payload in self._frames(request_kind, request, timeout_s, is_cancelled):
             if kind == FIRST_WRITTEN:
                 first_written()
             elif kind == END:
                 return {int(p): rows for p, rows in json.loads(bytes(payload)).items()}
         raise AssertionError("unreachable: the frames end with END or raise")
 
-    def _frames(self, request: bytes, timeout_s: float | None,
+    def _frames(self, request_kind: bytes, request: bytes, timeout_s: float | None,
                 is_cancelled: Callable[[], bool]) -> Iterator[tuple[bytes, memoryview]]:
         """Send `request` to a worker and yield its frames up to and including END; an
         ERROR frame raises. The worker is reused only if its answer was read to END."""
@@ -201,7 +205,7 @@ class QueryWorkers:
         worker = self._take()
         reusable = False
         try:
-            worker.send(request)
+            worker.send(request_kind, request)
             while True:
                 kind, payload = worker.read_frame(until)
                 if kind == ERROR:  # the worker ends after reporting it

@@ -48,7 +48,8 @@ from engine.distributed.shuffle import (
     sweep_work_dir,
     write_arrow_file,
 )
-from engine.distributed.stages import StageTask, plan_distributed, stage_query
+from engine.distributed.stage_task import StageTask
+from engine.distributed.stages import plan_distributed
 from engine.distributed.state import (
     Action,
     CancelTask,
@@ -678,7 +679,9 @@ class ExecutorAgent:
                 pa.py_buffer(bytes.fromhex(message["parameters"])), schema)
         session = self._engine.session(str(message.get("default_schema") or "") or None)
         planned = session.plan(str(message["sql"]), parameters)
-        return self._write_output(attempt, planned, [], 1)
+        output = MapOutput(self._work_dir, _output_key(attempt), (), 1)
+        return self._engine.write_map_output(planned, output, self._cancelled[attempt].is_set,
+                                             self._mid_shuffle(attempt))
 
     def _run_stage(self, attempt: TaskAttempt, message: dict[str, Any]) -> dict[int, int]:
         """One task of a stage: fetch its inputs, run its plan, write its partitions."""
@@ -694,20 +697,17 @@ class ExecutorAgent:
                 source.stage: (source.schema, self._fetch(attempt, source, scratch))
                 for source in stage.inputs
             }
-            planned = stage_query(self._engine, StageTask(stage.plan, stage.schema,
-                                                          stage.scans, inputs, scratch))
-            return self._write_output(attempt, planned, [f"c{k}" for k in stage.output_keys],
-                                      stage.output_partitions)
+            output = MapOutput(self._work_dir, _output_key(attempt),
+                               tuple(f"c{k}" for k in stage.output_keys),
+                               stage.output_partitions)
+            return self._engine.write_stage_output(
+                StageTask(stage.plan, stage.schema, stage.scans, inputs, scratch), output,
+                self._cancelled[attempt].is_set, self._mid_shuffle(attempt))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _write_output(self, attempt: TaskAttempt, planned: PlannedQuery, keys: list[str],
-                      partitions: int) -> dict[int, int]:
-        """Run the task's query and write its output partitions; rows per partition."""
-        cancelled = self._cancelled[attempt].is_set
-        output = MapOutput(self._work_dir, _output_key(attempt), tuple(keys), partitions)
-        return self._engine.write_map_output(
-            planned, output, cancelled, lambda: self._faults.at(FaultPoint.MID_SHUFFLE, attempt))
+    def _mid_shuffle(self, attempt: TaskAttempt) -> Callable[[], None]:
+        return lambda: self._faults.at(FaultPoint.MID_SHUFFLE, attempt)
 
     def _fetch(self, attempt: TaskAttempt, source: StageInput, scratch: Path
                ) -> tuple[Path, ...]:

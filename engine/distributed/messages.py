@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -11,23 +10,8 @@ import pyarrow as pa
 
 from engine.distributed.ids import Attempt, ExecutorId, StageId
 from engine.distributed.planner import ExchangeKind, ScanSpec, StageDef
+from engine.distributed.stage_task import as_text, from_text, schema_from_text, schema_text
 from engine.distributed.state import OutputLocation
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _unb64(text: object) -> bytes:
-    return base64.b64decode(str(text), validate=True)
-
-
-def _schema_b64(schema: pa.Schema) -> str:
-    return _b64(schema.serialize().to_pybytes())
-
-
-def _schema_from(text: object) -> pa.Schema:
-    return pa.ipc.read_schema(pa.py_buffer(_unb64(text)))
 
 
 @dataclass(frozen=True)
@@ -71,7 +55,7 @@ def encode_stage_task(stage: StageDef, task: int, stages: dict[StageId, StageDef
         source = stages[source_id]
         partition = task if source.output.kind is ExchangeKind.HASH else 0
         inputs.append({
-            "stage": source_id, "schema": _schema_b64(source.schema), "partition": partition,
+            "stage": source_id, "schema": schema_text(source.schema), "partition": partition,
             "sources": [{"executor": o.executor, "address": addresses.get(o.executor, ""),
                          "stage_attempt": o.stage_attempt, "map_task": o.partition,
                          "attempt": o.attempt,
@@ -79,9 +63,9 @@ def encode_stage_task(stage: StageDef, task: int, stages: dict[StageId, StageDef
                         for o in outputs.get(source_id, ())],
         })
     return {
-        "plan": _b64(stage.plan),
-        "schema": _schema_b64(stage.schema),
-        "scans": [{"name": s.name, "table": s.table, "schema": _schema_b64(s.schema),
+        "plan": as_text(stage.plan),
+        "schema": schema_text(stage.schema),
+        "scans": [{"name": s.name, "table": s.table, "schema": schema_text(s.schema),
                    "files": list(s.files_for(task, stage.tasks))} for s in stage.scans],
         "inputs": inputs,
         "output": {"keys": list(stage.output.keys), "partitions": stage.output.partitions},
@@ -99,11 +83,11 @@ def decode_stage_task(body: dict[str, Any]) -> StageTaskMessage:
     """A stage task from its JSON body; KeyError, TypeError or ValueError if malformed."""
     scans = tuple(
         ScanSpec(_scan_name(s["name"]), str(s["table"]), tuple(str(f) for f in s["files"]),
-                 _schema_from(s["schema"]), split=False)
+                 schema_from_text(s["schema"]), split=False)
         for s in body["scans"]
     )
     inputs = tuple(
-        StageInput(StageId(int(i["stage"])), _schema_from(i["schema"]), int(i["partition"]),
+        StageInput(StageId(int(i["stage"])), schema_from_text(i["schema"]), int(i["partition"]),
                    tuple(InputSource(ExecutorId(str(s["executor"])), str(s["address"]),
                                      Attempt(int(s["stage_attempt"])), int(s["map_task"]),
                                      Attempt(int(s["attempt"])), str(s.get("work_dir", "")))
@@ -111,5 +95,6 @@ def decode_stage_task(body: dict[str, Any]) -> StageTaskMessage:
         for i in body["inputs"]
     )
     output = body["output"]
-    return StageTaskMessage(_unb64(body["plan"]), _schema_from(body["schema"]), scans, inputs,
-                            tuple(int(k) for k in output["keys"]), int(output["partitions"]))
+    return StageTaskMessage(from_text(body["plan"]), schema_from_text(body["schema"]), scans,
+                            inputs, tuple(int(k) for k in output["keys"]),
+                            int(output["partitions"]))

@@ -3,12 +3,8 @@ stage task into a runnable query over its inputs (executor)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import pyarrow as pa
 import pyarrow.dataset as ds
-from datafusion import SessionContext
 from datafusion import substrait as ds_substrait
 from datafusion.catalog import Table
 from datafusion.plan import LogicalPlan
@@ -16,12 +12,11 @@ from datafusion.plan import LogicalPlan
 from catalog import NamespaceNotFound, TableIdent, TableNotFound
 from engine.arrow_types import plain_schema
 from engine.bridge import CatalogBridge, base_context
-from engine.distributed.ids import StageId
-from engine.distributed.planner import ScanSpec, StagePlan, TableFiles, input_name, plan_stages
+from engine.distributed.planner import StagePlan, TableFiles, plan_stages
 from engine.errors import EngineError
 from engine.parameters import bound_values
 from engine.references import referenced_tables
-from engine.session import READ_ONLY, PlannedQuery, SqlEngine
+from engine.session import READ_ONLY, SqlEngine
 from engine.translate import translated_errors
 
 
@@ -101,44 +96,3 @@ def _nodes(plan: LogicalPlan) -> list[LogicalPlan]:
 
 def _first_line(exc: Exception) -> str:
     return " ".join(str(exc).split())[:200]
-
-
-# -- executor side ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class StageTask:
-    """What an executor needs to run one task of a stage."""
-
-    plan: bytes
-    schema: pa.Schema
-    scans: tuple[ScanSpec, ...]  # with this task's files only
-    inputs: dict[StageId, tuple[pa.Schema, tuple[Path, ...]]]  # local IPC files per input
-    scratch: Path  # a directory of the task's own
-
-
-def stage_query(engine: SqlEngine, task: StageTask) -> PlannedQuery:
-    """The task's stage as a planned query over its files and fetched inputs."""
-    ctx = base_context(engine.config)
-    with translated_errors():
-        for scan in task.scans:
-            _register_files(ctx, scan.name, [Path(f) for f in scan.files], scan.schema,
-                            ".parquet", task.scratch)
-        for stage, (schema, paths) in task.inputs.items():
-            _register_files(ctx, input_name(stage), list(paths), schema, ".arrows",
-                            task.scratch)
-        plan = ds_substrait.Serde.deserialize_bytes(task.plan)
-        logical = ds_substrait.Consumer.from_substrait_plan(ctx, plan)
-        frame = ctx.create_dataframe_from_logical_plan(logical)
-    return PlannedQuery(sql="", schema=task.schema, frame=frame)
-
-
-def _register_files(ctx: SessionContext, name: str, files: list[Path], schema: pa.Schema,
-                    extension: str, scratch: Path) -> None:
-    """`files` as one listing table: Substrait reads need a real table scan, not a view."""
-    folder = scratch / name
-    folder.mkdir(parents=True)
-    for number, file in enumerate(files):
-        (folder / f"{number:06d}{extension}").symlink_to(file.resolve())
-    if extension == ".parquet":
-        ctx.register_parquet(name, str(folder), schema=schema, file_extension=extension)
-    else:
-        ctx.register_arrow(name, str(folder), schema=schema, file_extension=extension)
