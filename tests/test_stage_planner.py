@@ -111,14 +111,19 @@ def test_scans_split_by_file(engine: SqlEngine) -> None:
 
 
 def test_subquery_reads_see_the_whole_table(engine: SqlEngine) -> None:
-    plan = _plan(engine, "SELECT k FROM public.three_files "
-                         "WHERE v > (SELECT avg(v) FROM public.three_files)")
-    (stage,) = [s for s in plan.stages if s.scans]
+    text = ("SELECT k FROM public.three_files "
+            "WHERE v > (SELECT avg(v) FROM public.three_files)")
+    (stage,) = [s for s in _plan(engine, text, broadcast_limit=10 << 20).stages if s.scans]
     assert stage.tasks == 3
     # The filter's rows are split over the tasks; its scalar subquery reads everything
     # in every task (DESIGN §6: a subquery that saw only the slice broke q22).
     assert sorted((s.table, s.split) for s in stage.scans) == [
         ("public.three_files", False), ("public.three_files", True)]
+    # Past the broadcast limit the subquery is not repeated in every task: the filter
+    # gathers its rows into one task (TPC-H q15 read lineitem whole in each of 4).
+    gathered = _plan(engine, text, broadcast_limit=0).stages
+    assert [s.tasks for s in gathered] == [3, 1]
+    assert gathered[1].scans[0].table == "public.three_files" and not gathered[1].scans[0].split
 
 
 def test_not_in_over_nullable_columns_is_not_cut(engine: SqlEngine) -> None:

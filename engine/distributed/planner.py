@@ -15,6 +15,7 @@ inside subquery expressions always see the whole table (DESIGN §6: q22).
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -246,13 +247,32 @@ def _visit_single_input(cut: _Cut, rel: algebra_pb2.Rel, kind: str
     body = getattr(rel, kind)
     child, dist = _visit(cut, body.input)
     needs_all_rows = kind in ("fetch", "sort") or (kind == "project" and _has_window(body))
-    if needs_all_rows:
+    if needs_all_rows or _subquery_bytes(cut, body) > cut.broadcast_limit:
+        # A subquery in an expression reads its tables whole in every task of the
+        # stage: past the broadcast limit, computing it once in one task costs less.
         body.input.CopyFrom(_gather(cut, child, dist))
         return rel, _SINGLE
     body.input.CopyFrom(child)
     if kind == "project" and dist.keyings:
         return rel, _through_project(cut, child, body, dist)
     return rel, dist.emitted(body.common)
+
+
+def _subquery_bytes(cut: _Cut, body: Message) -> int:
+    """The bytes of files the subqueries in a relation's expressions read (its input
+    aside); unknown sizes count as unlimited."""
+    total = 0
+    for descriptor, value in body.ListFields():
+        if descriptor.name == "input" or descriptor.message_type is None:
+            continue
+        for item in value if descriptor.is_repeated else [value]:
+            for message in _messages(item):
+                if isinstance(message, algebra_pb2.ReadRel) and message.HasField("named_table"):
+                    scan = cut.scans.get(message.named_table.names[-1])
+                    if scan is None or scan.bytes is None:
+                        return sys.maxsize
+                    total += scan.bytes
+    return total
 
 
 def _through_project(cut: _Cut, child: algebra_pb2.Rel, project: algebra_pb2.ProjectRel,
