@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import signal
 import subprocess
@@ -23,7 +22,7 @@ from engine.demo import DemoDataError, load_tpch_demo
 from engine.distributed.shuffle import sweep_work_dir
 from engine.distributed.state import Settings
 from flight_server.auth import Authenticator
-from flight_server.cluster import TASK_SLOTS, CoordinatorService, ExecutorAgent
+from flight_server.cluster import CoordinatorService, ExecutorAgent
 from flight_server.config import (
     AuthConfig,
     ConfigError,
@@ -227,7 +226,7 @@ def executor(host: str, port: int, work_dir: Path, coordinator: str | None, ware
         raise click.ClickException(str(exc)) from None
     if coordinator:
         config = ServerConfig(warehouse=warehouse, catalog_uri=catalog_uri)
-        engine = SqlEngine(open_catalog(config), executor_engine_config(os.cpu_count() or 1))
+        engine = SqlEngine(open_catalog(config), EngineConfig())
         handler.agent = ExecutorAgent(coordinator, token or None, f"grpc://{host}:{bound}",
                                       work_dir.resolve(), engine, faults=injected,
                                       local_reads=local_shuffle_reads)
@@ -291,15 +290,6 @@ def prepare_catalog(config: ServerConfig) -> Catalog:
         detail = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ConfigError(f"cannot use the catalog at {where}: {detail}") from None
     return catalog
-
-
-def executor_engine_config(cores: int) -> EngineConfig:
-    """An executor's engine: its task slots share the cores. DataFusion splits a plan into
-    `target_partitions` streams and re-hashes rows between them at every join and
-    aggregate; tasks already get hash-partitioned inputs, so more streams than a task's
-    share of the cores only add that work (TPC-H SF 1, 2 executors on 2 cores: 1 stream
-    a task instead of 2 made q3 and q5 about 20% faster)."""
-    return EngineConfig(target_partitions=max(1, cores // TASK_SLOTS))
 
 
 def _with_executor_token(auth: AuthConfig, executors: int) -> AuthConfig:

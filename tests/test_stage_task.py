@@ -34,8 +34,8 @@ def test_stage_inputs_have_row_counts_so_joins_build_on_the_small_side(tmp_path:
     task = StageTask(plan, schema, (), {
         StageId(1): (schema, (_ipc_file(tmp_path / "big.arrows", big),)),
         StageId(2): (schema, (_ipc_file(tmp_path / "small.arrows", small),)),
-    }, tmp_path / "scratch")
-    _, frame = stage_frame(EngineConfig(target_partitions=1), StageTask.decode(task.encode()))
+    }, tmp_path / "scratch", target_partitions=1)
+    _, frame = stage_frame(EngineConfig(), StageTask.decode(task.encode()))
     physical = frame.execution_plan().display_indent()
     # The 20-row side is the hash table (a semi join swapped to build on its right input),
     # not the 100,000-row one as the plan's order alone would have it.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -35,6 +35,7 @@ class StageTask:
     scans: tuple[ScanSpec, ...]  # with this task's files only
     inputs: dict[StageId, tuple[pa.Schema, tuple[Path, ...]]]  # local IPC files per input
     scratch: Path  # a directory of the task's own
+    target_partitions: int  # the streams DataFusion splits the task into
 
     def encode(self) -> bytes:
         return json.dumps({
@@ -46,6 +47,7 @@ class StageTask:
                         "paths": [str(p) for p in paths]}
                        for stage, (schema, paths) in self.inputs.items()],
             "scratch": str(self.scratch),
+            "target_partitions": self.target_partitions,
         }).encode()
 
     @classmethod
@@ -58,12 +60,13 @@ class StageTask:
             {StageId(int(i["stage"])): (schema_from_text(i["schema"]),
                                         tuple(Path(p) for p in i["paths"]))
              for i in body["inputs"]},
-            Path(body["scratch"]))
+            Path(body["scratch"]), int(body["target_partitions"]))
 
 
 def stage_frame(config: EngineConfig, task: StageTask) -> tuple[SessionContext, DataFrame]:
     """The task's stage as a DataFrame over its scan files and exchange inputs, and the
     context to run it in."""
+    config = replace(config, target_partitions=task.target_partitions)
     ctx = base_context(config)
     for scan in task.scans:
         _register_parquet(ctx, scan.name, [Path(f) for f in scan.files], scan.schema,
