@@ -585,8 +585,6 @@ class ExecutorAgent:
         self._slots = slots
         self._local_reads = local_reads
         self._cores = os.cpu_count() or 1
-        self._lock = threading.Lock()
-        self._running = 0  # stage tasks running now
         self._runner = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="task")
         self._cancelled: dict[TaskAttempt, threading.Event] = {}
         self._fetched: dict[TaskAttempt, int] = {}  # bytes a running task fetched remotely
@@ -703,26 +701,19 @@ class ExecutorAgent:
             output = MapOutput(self._work_dir, _output_key(attempt),
                                tuple(f"c{k}" for k in stage.output_keys),
                                stage.output_partitions)
-            with self._share_of_cores() as streams:
-                return self._engine.write_stage_output(
-                    StageTask(stage.plan, stage.schema, stage.scans, inputs, scratch, streams),
-                    output, self._cancelled[attempt].is_set, self._mid_shuffle(attempt))
+            streams = self._streams(stage.tasks)
+            return self._engine.write_stage_output(
+                StageTask(stage.plan, stage.schema, stage.scans, inputs, scratch, streams),
+                output, self._cancelled[attempt].is_set, self._mid_shuffle(attempt))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    @contextlib.contextmanager
-    def _share_of_cores(self) -> Iterator[int]:
-        """DataFusion streams for a task starting now: the cores go to the tasks running
-        here, so a task alone (a gather, a final sort) gets them all; more streams than
-        that only re-hash rows between them."""
-        with self._lock:
-            self._running += 1
-            streams = max(1, self._cores // self._running)
-        try:
-            yield streams
-        finally:
-            with self._lock:
-                self._running -= 1
+    def _streams(self, stage_tasks: int) -> int:
+        """DataFusion streams for one task: a stage's only task (a gather, a final sort)
+        gets all the cores; otherwise the task slots share them, since more streams than
+        a task's share only re-hash rows between streams (tasks already get
+        hash-partitioned inputs)."""
+        return self._cores if stage_tasks == 1 else max(1, self._cores // self._slots)
 
     def _mid_shuffle(self, attempt: TaskAttempt) -> Callable[[], None]:
         return lambda: self._faults.at(FaultPoint.MID_SHUFFLE, attempt)

@@ -44,6 +44,7 @@ class StageTaskMessage:
     inputs: tuple[StageInput, ...]
     output_keys: tuple[int, ...]
     output_partitions: int
+    tasks: int  # of the stage, this one among them
 
 
 def encode_stage_task(stage: StageDef, task: int, stages: dict[StageId, StageDef],
@@ -69,6 +70,7 @@ def encode_stage_task(stage: StageDef, task: int, stages: dict[StageId, StageDef
                    "files": list(s.files_for(task, stage.tasks))} for s in stage.scans],
         "inputs": inputs,
         "output": {"keys": list(stage.output.keys), "partitions": stage.output.partitions},
+        "tasks": stage.tasks,
     }
 
 
@@ -90,11 +92,11 @@ def decode_stage_task(body: dict[str, Any]) -> StageTaskMessage:
         StageInput(StageId(int(i["stage"])), schema_from_text(i["schema"]), int(i["partition"]),
                    tuple(InputSource(ExecutorId(str(s["executor"])), str(s["address"]),
                                      Attempt(int(s["stage_attempt"])), int(s["map_task"]),
-                                     Attempt(int(s["attempt"])), str(s.get("work_dir", "")))
+                                     Attempt(int(s["attempt"])), str(s["work_dir"]))
                          for s in i["sources"]))
         for i in body["inputs"]
     )
     output = body["output"]
     return StageTaskMessage(from_text(body["plan"]), schema_from_text(body["schema"]), scans,
                             inputs, tuple(int(k) for k in output["keys"]),
-                            int(output["partitions"]))
+                            int(output["partitions"]), int(body["tasks"]))
