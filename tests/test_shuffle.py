@@ -170,3 +170,24 @@ def test_split_by_partition_keeps_each_partitions_rows_in_order() -> None:
         expected = batch.filter(pc.equal(ids, partition))
         assert piece.to_pylist() == expected.to_pylist()
     assert sum(piece.num_rows for piece in pieces) == 1000
+
+
+def test_integer_keys_with_nulls_hash_by_value() -> None:
+    """Integer-like keys (numpy mixing): equal key tuples, nulls included, share a
+    partition wherever they occur, and rows spread over every partition."""
+    first = pa.array([i % 50 if i % 7 else None for i in range(20_000)], pa.int64())
+    second = pa.array([i % 3 for i in range(20_000)], pa.int32())
+    batch = pa.record_batch([first, second, pa.array(range(20_000))], names=["a", "b", "v"])
+    ids = partition_ids(batch, ["a", "b"], 6).to_pylist()
+    by_key: dict[tuple[int | None, int], set[int]] = {}
+    for a, b, partition in zip(first.to_pylist(), second.to_pylist(), ids, strict=True):
+        by_key.setdefault((a, b), set()).add(partition)
+    assert all(len(p) == 1 for p in by_key.values())
+    assert set(ids) == set(range(6))
+    # The same tuples in another batch (reversed) land in the same partitions.
+    reversed_ids = partition_ids(batch.take(pa.array(range(19_999, -1, -1))), ["a", "b"], 6)
+    assert reversed_ids.to_pylist() == ids[::-1]
+    dates = pa.record_batch([pc.cast(pa.array([10, 20, 10]), pa.int32()).cast(pa.date32())],
+                            names=["d"])
+    date_ids = partition_ids(dates, ["d"], 4).to_pylist()
+    assert date_ids[0] == date_ids[2]

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import datafusion
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -36,6 +37,9 @@ _MAX_INDEX = 1 << 20
 # against 150-420 ms), on the map side and again on each fetch.
 _WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression=None)
 _HASHED_BATCH_BYTES = 4 * 1024 * 1024
+_COMBINE = 0x9E3779B97F4A7C15  # odd: keys combine without cancelling out
+_NULL_KEY = 0x7F4A7C159E3779B9
+_MIX_ROWS = 65536
 
 
 class BadShuffleKey(ValueError):
@@ -119,12 +123,22 @@ def open_result_ticket(raw: bytes, secret: str, now: float) -> ShuffleKey:
 
 def partition_ids(batch: pa.RecordBatch, keys: list[str], partitions: int,
                   ctx: datafusion.SessionContext | None = None) -> pa.Array:
-    """pmod(xxhash64(keys...), partitions) for each row: the same in every process.
+    """Each row's partition, from a hash of its `keys`: the same in every process.
 
-    `ctx` (from `hashing_context`) saves making a context per batch.
+    Integer-like keys (integers, dates, times, timestamps) are mixed in numpy, at about a
+    third of the cost of DataFusion's xxhash64 with pmod, used for all other keys. Which
+    of the two depends on the key types alone, so both inputs of an equi-join (keys of
+    equal types) and every map task of one exchange agree. `ctx` (from
+    `hashing_context`) saves making a context per batch.
     """
     if partitions == 1:
         return pa.array([0] * batch.num_rows, pa.int64())
+    key_columns = [batch.column(key) for key in keys]
+    if all(_integer_like(column.type) for column in key_columns):
+        # In slices: numpy's temporaries then stay in cache (twice as fast per row).
+        return pa.concat_arrays([
+            _mixed_ids([c.slice(start, _MIX_ROWS) for c in key_columns], partitions)
+            for start in range(0, batch.num_rows, _MIX_ROWS)] or [pa.array([], pa.int64())])
     ctx = ctx or hashing_context()
     ctx.register_record_batches("shuffled", [[batch]])
     try:
@@ -134,6 +148,41 @@ def partition_ids(batch: pa.RecordBatch, keys: list[str], partitions: int,
     finally:
         ctx.deregister_table("shuffled")
     return pa.concat_arrays(chunks) if chunks else pa.array([], pa.int64())
+
+
+def _integer_like(kind: pa.DataType) -> bool:
+    return (pa.types.is_integer(kind) or pa.types.is_date(kind) or pa.types.is_time(kind)
+            or pa.types.is_timestamp(kind))
+
+
+def _mixed_ids(columns: list[pa.Array], partitions: int) -> pa.Array:
+    """The splitmix64 finalizer over each key's 64-bit value, keys combined in order;
+    a null key mixes in as its own value."""
+    with np.errstate(over="ignore"):
+        hashed = np.zeros(len(columns[0]), dtype=np.uint64)
+        for column in columns:
+            as_int = pc.cast(_as_integers(column), pa.int64(), safe=False)
+            values = pc.fill_null(as_int, 0).to_numpy(zero_copy_only=False).view(np.uint64)
+            if column.null_count:
+                nulls = column.is_null().to_numpy(zero_copy_only=False)
+                values = np.where(nulls, np.uint64(_NULL_KEY), values)
+            hashed = _splitmix(hashed * np.uint64(_COMBINE) + values)
+        return pa.array((hashed % np.uint64(partitions)).astype(np.int64))
+
+
+def _as_integers(column: pa.Array) -> pa.Array:
+    """Temporal values as the integers they are stored as."""
+    if pa.types.is_integer(column.type):
+        return column
+    return column.view(pa.int32() if column.type.bit_width == 32 else pa.int64())
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def hashing_context() -> datafusion.SessionContext:
