@@ -8,20 +8,22 @@ warm-up, then `--runs` timed runs, each answer checked against DuckDB over the s
 Parquet files. Then `EXPLAIN ANALYZE` of the query gives, per stage, the rows and bytes
 its tasks wrote.
 
-What is counted: each task reports the bytes of shuffle input it fetched from the other
-executor over Flight DoGet (Arrow in-memory bytes, as they travel: shuffle files are
-served uncompressed); `EXPLAIN ANALYZE` sums them per stage ("bytes fetched from other
-executors"), next to the rows and bytes (Arrow IPC files) each stage wrote. Bytes
-moved per second = all fetched bytes / the EXPLAIN ANALYZE run's time, and / the median
-query time.
+What is counted: each task reports the bytes of shuffle input it took from the other
+executor: files it read in place (the default for executors on one machine), or with
+`--over-flight` (executors run with KRISHIV_LOCAL_SHUFFLE_READS=0) the Arrow bytes it
+fetched over Flight DoGet, as they travelled (shuffle files are served uncompressed).
+`EXPLAIN ANALYZE` sums them per stage ("bytes fetched from other executors"), next to
+the rows and bytes (Arrow IPC files) each stage wrote. Bytes moved per second = all
+those bytes / the EXPLAIN ANALYZE run's time, and / the median query time.
 
     python -m bench shuffle [--scale 1] [--runs 3] [--shuffle-partitions 4]
-                            [--query SQL] [--warehouse DIR]
+                            [--query SQL] [--warehouse DIR] [--over-flight]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import tempfile
@@ -68,7 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shuffle-partitions", type=int, default=4)
     parser.add_argument("--query", default=_QUERY)
     parser.add_argument("--warehouse", type=Path, default=None)
+    parser.add_argument("--over-flight", action="store_true",
+                        help="executors fetch each other's files over Flight, not in place")
     args = parser.parse_args(argv)
+    if args.over_flight:  # the executors `serve` starts inherit it
+        os.environ["KRISHIV_LOCAL_SHUFFLE_READS"] = "0"
     with tempfile.TemporaryDirectory(prefix="krishiv-bench-shuffle-") as tmp:
         _run(args, args.warehouse or Path(tmp))
 
