@@ -148,6 +148,22 @@ def _send(address: str, kind: str, body: dict[str, Any], token: str | None) -> N
         list(client.do_action(flight.Action(kind, json.dumps(body).encode()), _options(token)))
 
 
+def shuffle_file_here(work_dir: str, executor: ExecutorId, key: ShuffleKey) -> Path | None:
+    """An executor's shuffle file, when its work dir is on this machine: read where it
+    lies instead of copied over Flight. The owner file tells a work dir seen here from
+    another machine's (or a restarted executor's) folder of the same name."""
+    if not work_dir:
+        return None
+    folder = Path(work_dir)
+    try:
+        if (folder / WORK_DIR_OWNER).read_text() != executor:
+            return None
+    except OSError:
+        return None
+    path = key.path(folder)
+    return path if path.is_file() else None
+
+
 def _fetch_to_file(address: str, key: ShuffleKey, token: str | None, path: Path,
                    schema: pa.Schema | None = None) -> Written:
     """One shuffle file of another executor, fetched by DoGet into the local IPC file `path`
@@ -412,24 +428,24 @@ class CoordinatorService:
                  schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         stage_plan, _ = self._plan(query, text)
         with self._run_job(query, text, stage_plan, is_cancelled) as (_, spooled):
-            for path in spooled:
-                reader = pa.ipc.open_file(pa.memory_map(str(path)))
+            for reader in spooled:
                 for index in range(reader.num_record_batches):
                     yield conform_batch(reader.get_batch(index), schema)
 
     @contextlib.contextmanager
     def _run_job(self, query: PlannedQuery, text: str, stage_plan: StagePlan | None,
-                 is_cancelled: Callable[[], bool]) -> Iterator[tuple[_Job, list[Path]]]:
-        """Run the query as a job and fetch its result into local files, before the client
-        sees a row: an executor lost while its result partition is read costs a rerun of
-        the job, never a broken or doubled stream."""
+                 is_cancelled: Callable[[], bool]
+                 ) -> Iterator[tuple[_Job, list[pa.ipc.RecordBatchFileReader]]]:
+        """Run the query as a job and open its result files (fetched into local files, or
+        in place), before the client sees a row: an executor lost while its result
+        partition is read costs a rerun of the job, never a broken or doubled stream."""
         with tempfile.TemporaryDirectory(prefix="krishiv-result-") as spool:
             for _ in range(_RESULT_ATTEMPTS):
                 job = self._submit(query, text, stage_plan)
                 record = self._jobs[job]
                 try:
                     finished = self._wait(job, is_cancelled)
-                    paths = self._spool(job, finished, Path(spool))
+                    readers = self._spool(job, finished, Path(spool))
                 except _ResultLost as lost:
                     log.warning("result of %s lost with %s (%s); running the job again",
                                 job, lost.executor, lost)
@@ -437,24 +453,33 @@ class CoordinatorService:
                     continue
                 finally:
                     self._forget(job)
-                yield record, paths
+                yield record, readers
                 return
             raise Unavailable(f"the query's result was lost {_RESULT_ATTEMPTS} times")
 
-    def _spool(self, job: JobId, finished: JobFinished, folder: Path) -> list[Path]:
-        """The final stage's output partitions, fetched into `folder`."""
+    def _spool(self, job: JobId, finished: JobFinished, folder: Path
+               ) -> list[pa.ipc.RecordBatchFileReader]:
+        """The final stage's output partitions, opened: in place when the executor's work
+        dir is on this machine, else fetched into `folder`. They are opened before the
+        job's files are dropped: a memory map outlives the removal of its file."""
         final = self._final_stage(job)
-        paths = []
+        readers = []
         for location in finished.results:
             key = ShuffleKey(job, final, location.stage_attempt, 0, location.partition,
                              location.attempt)
+            here = shuffle_file_here(self._work_dirs.get(location.executor, ""),
+                                     location.executor, key)
+            if here is not None:
+                with contextlib.suppress(OSError):  # gone meanwhile: fetch it instead
+                    readers.append(pa.ipc.open_file(pa.memory_map(str(here))))
+                    continue
             path = folder / f"{job}-{location.partition}.arrows"
             try:
                 _fetch_to_file(self._addresses[location.executor], key, self._token, path)
             except flight.FlightError as exc:
                 raise _ResultLost(location.executor, exc) from None
-            paths.append(path)
-        return paths
+            readers.append(pa.ipc.open_file(pa.memory_map(str(path))))
+        return readers
 
     def _plan(self, query: PlannedQuery, text: str) -> tuple[StagePlan | None, str]:
         """The query's stages, or None and the reason it runs as one task."""
@@ -756,19 +781,9 @@ class ExecutorAgent:
         return tuple(paths)
 
     def _in_place(self, origin: InputSource, key: ShuffleKey) -> Path | None:
-        """Another executor's shuffle file, when its work dir is on this machine: read
-        where it lies instead of copied over Flight. The owner file tells a work dir seen
-        here from another machine's (or a restarted executor's) folder of the same name."""
-        if not (self._local_reads and origin.work_dir):
+        if not self._local_reads:
             return None
-        folder = Path(origin.work_dir)
-        try:
-            if (folder / WORK_DIR_OWNER).read_text() != origin.executor:
-                return None
-        except OSError:
-            return None
-        path = key.path(folder)
-        return path if path.is_file() else None
+        return shuffle_file_here(origin.work_dir, origin.executor, key)
 
     def drop_job(self, body: bytes) -> None:
         job = str(_json(body).get("job", ""))
