@@ -70,14 +70,19 @@ def test_tpch_on_executors_matches_duckdb(cluster: RunningServer,
 REUSED_PARTITIONING = [
     "SELECT l_orderkey, o_orderdate, sum(l_quantity) FROM orders JOIN lineitem "
     "ON o_orderkey = l_orderkey GROUP BY l_orderkey, o_orderdate",
-    "SELECT o_custkey, count(*) FROM customer LEFT JOIN orders ON c_custkey = o_custkey "
-    "GROUP BY o_custkey",
-    "SELECT c_custkey, count(o_orderkey) FROM customer LEFT JOIN orders "
-    "ON c_custkey = o_custkey GROUP BY c_custkey",
-    "SELECT o_custkey, c_custkey, count(*) FROM customer FULL JOIN orders "
-    "ON c_custkey = o_custkey GROUP BY o_custkey, c_custkey",
-    "SELECT c_custkey, count(*) FROM orders RIGHT JOIN customer ON c_custkey = o_custkey "
-    "GROUP BY c_custkey",
+    # Groups joined on afterwards, so they are hashed rather than gathered into one task:
+    "SELECT g.o_custkey, g.n, c_name FROM (SELECT o_custkey, count(*) AS n FROM customer "
+    "LEFT JOIN orders ON c_custkey = o_custkey GROUP BY o_custkey) g "
+    "LEFT JOIN customer ON g.o_custkey = c_custkey",
+    "SELECT g.c_custkey, g.n, n_name FROM (SELECT c_custkey, count(o_orderkey) AS n "
+    "FROM customer LEFT JOIN orders ON c_custkey = o_custkey GROUP BY c_custkey) g "
+    "LEFT JOIN nation ON g.c_custkey = n_nationkey",
+    "SELECT g.o_custkey, g.c_custkey, g.n, n_name FROM (SELECT o_custkey, c_custkey, "
+    "count(*) AS n FROM customer FULL JOIN orders ON c_custkey = o_custkey "
+    "GROUP BY o_custkey, c_custkey) g LEFT JOIN nation ON g.o_custkey = n_nationkey",
+    "SELECT g.c_custkey, g.n, n_name FROM (SELECT c_custkey, count(*) AS n FROM orders "
+    "RIGHT JOIN customer ON c_custkey = o_custkey GROUP BY c_custkey) g "
+    "LEFT JOIN nation ON g.c_custkey = n_nationkey",
     "SELECT o_orderkey, c_name, sum(l_quantity) FROM customer JOIN orders "
     "ON c_custkey = o_custkey JOIN lineitem ON l_orderkey = o_orderkey "
     "WHERE o_orderkey IN (SELECT l_orderkey FROM lineitem GROUP BY l_orderkey "
@@ -85,6 +90,8 @@ REUSED_PARTITIONING = [
     "SELECT ps_partkey, ps_suppkey, count(*) FROM partsupp JOIN lineitem "
     "ON ps_partkey = l_partkey AND ps_suppkey = l_suppkey JOIN part ON p_partkey = l_partkey "
     "GROUP BY ps_partkey, ps_suppkey",
+    "SELECT k, sum(v) FROM (SELECT o_custkey AS k, o_totalprice AS v FROM orders) t "
+    "GROUP BY k",
 ]
 
 
@@ -118,9 +125,11 @@ def test_explain_shows_stages_exchanges_and_partitions(cluster: RunningServer) -
     assert "physical_plan" in rows  # DataFusion's own plans come too
     stages = rows["distributed_plan"].splitlines()
     assert len(stages) >= 4
-    # Both join inputs are hash-partitioned on the join key, the join's output on the
-    # group key; the sorted result is gathered.
-    assert sum("-> hash(c0) into 4 partitions" in line for line in stages) >= 3
+    # Both join inputs are hash-partitioned on the join key; the partial aggregates go
+    # straight to the task that sorts the result.
+    assert sum("-> hash(c0) into 4 partitions" in line for line in stages) == 2
+    assert any("[join, aggregate]" in line and "-> gather into 1 partition" in line
+               for line in stages)
     assert "join" in rows["distributed_plan"] and "aggregate" in rows["distributed_plan"]
     assert stages[-1].endswith("-> result (gather to the coordinator)")
     assert "4 task(s)" in rows["distributed_plan"]
@@ -245,6 +254,11 @@ def test_coordinator_with_executors_started_by_hand(
                 cur.execute(texts[number])
                 assert as_multiset(cur.fetchall()) == as_multiset(
                     duck.execute(texts[number]).fetchall()), f"q{number}"
+            # A full join broadcasts neither side: both are shuffled, 4 reducers.
+            shuffled = ("SELECT o_orderpriority, count(l_orderkey) FROM orders "
+                        "FULL JOIN lineitem ON o_orderkey = l_orderkey GROUP BY o_orderpriority")
+            cur.execute(shuffled)
+            assert as_multiset(cur.fetchall()) == as_multiset(duck.execute(shuffled).fetchall())
         assert len(_executors_that_ran_tasks(coordinator)) == 2
         # Same machine: each reads the other's shuffle files in place, not over Flight.
         logs = "".join(e.log() for e in executors)

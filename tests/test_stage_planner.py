@@ -56,15 +56,25 @@ def test_joins_and_group_bys_are_hash_exchanges(engine: SqlEngine) -> None:
 
 
 def test_aggregates_run_in_two_phases(engine: SqlEngine) -> None:
-    """A partial aggregate before the exchange, the final one after it."""
-    grouped = _plan(engine, "SELECT l_returnflag, avg(l_quantity), count(*), "
-                            "sum(l_extendedprice) FROM lineitem GROUP BY l_returnflag")
-    partial, final, _ = grouped.stages
-    assert partial.scans and partial.summary == "aggregate"
+    """A partial aggregate before the exchange, the final one after it: hashed on the
+    group keys when a join reads the groups, gathered straight into the one task that
+    reads them all otherwise."""
+    joined = _plan(engine, "SELECT n_name, s, c FROM (SELECT k, avg(v) AS s, count(*) AS c "
+                           "FROM public.three_files GROUP BY k) JOIN nation ON k = n_nationkey")
+    partial = joined.stages[0]
+    assert partial.scans and partial.summary == "aggregate" and partial.tasks == 3
     assert partial.output.kind is ExchangeKind.HASH and partial.output.keys == (0,)
     # avg travels as a sum and a count
-    assert [f.name for f in partial.schema] == ["c0", "c1", "c2", "c3", "c4"]
-    assert final.summary == "aggregate" and final.tasks == 4
+    assert [f.name for f in partial.schema] == ["c0", "c1", "c2", "c3"]
+    final = next(s for s in joined.stages if partial.stage in s.inputs)
+    assert "aggregate" in final.summary and final.tasks == 4
+    grouped = _plan(engine, "SELECT k, avg(v), count(*) FROM public.three_files GROUP BY k")
+    assert [(s.tasks, s.output.kind) for s in grouped.stages] == [
+        (3, ExchangeKind.GATHER), (1, ExchangeKind.GATHER)]
+    assert grouped.stages[1].summary == "aggregate"
+    # One task over the whole input: the aggregate runs there, in one stage.
+    assert len(_plan(engine, "SELECT l_returnflag, count(*) FROM lineitem "
+                             "GROUP BY l_returnflag").stages) == 1
     ungrouped = _plan(engine, "SELECT count(*), max(v) FROM public.three_files")
     assert [s.tasks for s in ungrouped.stages] == [3, 1]
     # median cannot be split: the rows themselves are shuffled.
@@ -76,15 +86,15 @@ def test_small_join_inputs_are_broadcast(engine: SqlEngine) -> None:
     text = ("SELECT n_name, sum(v) FROM public.three_files JOIN nation ON k = n_nationkey "
             "GROUP BY n_name")
     shuffled = _plan(engine, text)
-    assert sum(s.output.kind is ExchangeKind.HASH for s in shuffled.stages) == 3
+    assert sum(s.output.kind is ExchangeKind.HASH for s in shuffled.stages) == 2
     broadcast = _plan(engine, text, broadcast_limit=10 << 20)
     first = broadcast.stages[0]
     # The three_files tasks each read all of nation and join it there: no shuffle of
-    # either input, only the (partial) aggregate's.
+    # either input; the partial aggregates go to the result's task.
     assert first.tasks == 3 and "join" in first.summary
     assert sorted((s.table, s.split) for s in first.scans) == [
         ("public.three_files", True), ("tpch.nation", False)]
-    assert sum(s.output.kind is ExchangeKind.HASH for s in broadcast.stages) == 1
+    assert sum(s.output.kind is ExchangeKind.HASH for s in broadcast.stages) == 0
     # A full outer join cannot broadcast either side.
     outer = _plan(engine, "SELECT count(*) FROM public.three_files FULL JOIN nation "
                           "ON k = n_nationkey", broadcast_limit=10 << 20)
@@ -92,8 +102,8 @@ def test_small_join_inputs_are_broadcast(engine: SqlEngine) -> None:
 
 
 def test_top_k_runs_in_every_upstream_task(engine: SqlEngine) -> None:
-    plan = _plan(engine, "SELECT l_orderkey, sum(l_quantity) AS q FROM lineitem "
-                         "GROUP BY l_orderkey ORDER BY q DESC LIMIT 3")
+    plan = _plan(engine, "SELECT k, sum(v) AS q FROM public.three_files "
+                         "GROUP BY k ORDER BY q DESC LIMIT 3")
     pushed = [s for s in plan.stages[:-1] if "fetch" in s.summary]
     assert len(pushed) == 1
     assert pushed[0].tasks == 4 and pushed[0].output.kind is ExchangeKind.GATHER
@@ -159,13 +169,13 @@ def test_hashed_rows_are_not_shuffled_again_on_the_same_keys(engine: SqlEngine) 
 
 def test_outer_join_sides_padded_with_nulls_are_shuffled(engine: SqlEngine) -> None:
     # A left join's right keys are NULL for unmatched rows, in whichever task their left
-    # row was: grouping on them needs a shuffle, grouping on the left keys does not.
-    on_left = _plan(engine, "SELECT c_custkey, count(o_orderkey) FROM customer "
-                            "LEFT JOIN orders ON c_custkey = o_custkey GROUP BY c_custkey")
-    on_right = _plan(engine, "SELECT o_custkey, count(*) FROM customer "
-                             "LEFT JOIN orders ON c_custkey = o_custkey GROUP BY o_custkey")
-    assert _hash_exchanges(on_left) == 2
-    assert _hash_exchanges(on_right) == 3
-    full = _plan(engine, "SELECT c_custkey, count(*) FROM customer "
-                         "FULL JOIN orders ON c_custkey = o_custkey GROUP BY c_custkey")
-    assert _hash_exchanges(full) == 3
+    # row was: grouping on them needs a shuffle, grouping on the left keys does not. (The
+    # groups are joined on, so they are not simply gathered into one task.)
+    def grouped(join: str, key: str) -> StagePlan:
+        return _plan(engine, f"SELECT g.k, g.n, n_name FROM (SELECT {key} AS k, count(*) AS n "
+                             f"FROM customer {join} JOIN orders ON c_custkey = o_custkey "
+                             f"GROUP BY {key}) g JOIN nation ON g.k = n_nationkey")
+    # customer, orders, nation; and the partial aggregate where it must be shuffled
+    assert _hash_exchanges(grouped("LEFT", "c_custkey")) == 3
+    assert _hash_exchanges(grouped("LEFT", "o_custkey")) == 4
+    assert _hash_exchanges(grouped("FULL", "c_custkey")) == 4

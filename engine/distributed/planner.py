@@ -193,7 +193,7 @@ def plan_stages(
         if (isinstance(message, algebra_pb2.ReadRel) and message.HasField("named_table")
                 and not message.named_table.names[-1].startswith("__")):
             _bind_read(cut, message, split=False)
-    rel, dist = _visit(cut, root.input)
+    rel, dist = _visit(cut, root.input, gathered=True)
     rel = _gather(cut, rel, dist)
     result = _stage_plan(cut.plan, rel, list(root.names))
     _add_stage(cut, result, rel, 1, Exchange(ExchangeKind.GATHER, 1),
@@ -201,16 +201,19 @@ def plan_stages(
     return StagePlan(tuple(cut.stages))
 
 
-def _visit(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, _Dist]:
+def _visit(cut: _Cut, rel: algebra_pb2.Rel, gathered: bool = False
+           ) -> tuple[algebra_pb2.Rel, _Dist]:
+    """`rel` cut into stages, and how its rows are spread; `gathered` when whatever reads
+    `rel` takes all its rows into one task."""
     kind = rel.WhichOneof("rel_type")
     if kind == "read":
         return rel, _read_dist(cut, rel)
     if kind == "fetch" and rel.fetch.input.WhichOneof("rel_type") == "sort":
         return _visit_top_k(cut, rel)
     if kind in _SINGLE_INPUT:
-        return _visit_single_input(cut, rel, kind)
+        return _visit_single_input(cut, rel, kind, gathered)
     if kind == "aggregate":
-        return _visit_aggregate(cut, rel)
+        return _visit_aggregate(cut, rel, gathered)
     if kind == "join":
         return _visit_join(cut, rel)
     # Cross joins, set operations and anything else: all inputs into one task.
@@ -242,14 +245,15 @@ def _visit_top_k(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, _Dis
     return rel, _SINGLE
 
 
-def _visit_single_input(cut: _Cut, rel: algebra_pb2.Rel, kind: str
+def _visit_single_input(cut: _Cut, rel: algebra_pb2.Rel, kind: str, gathered: bool
                         ) -> tuple[algebra_pb2.Rel, _Dist]:
     body = getattr(rel, kind)
-    child, dist = _visit(cut, body.input)
     needs_all_rows = kind in ("fetch", "sort") or (kind == "project" and _has_window(body))
-    if needs_all_rows or _subquery_bytes(cut, body) > cut.broadcast_limit:
-        # A subquery in an expression reads its tables whole in every task of the
-        # stage: past the broadcast limit, computing it once in one task costs less.
+    # A subquery in an expression reads its tables whole in every task of the stage:
+    # past the broadcast limit, computing it once in one task costs less.
+    gathers = needs_all_rows or _subquery_bytes(cut, body) > cut.broadcast_limit
+    child, dist = _visit(cut, body.input, gathered or gathers)
+    if gathers:
         body.input.CopyFrom(_gather(cut, child, dist))
         return rel, _SINGLE
     body.input.CopyFrom(child)
@@ -287,7 +291,8 @@ def _through_project(cut: _Cut, child: algebra_pb2.Rel, project: algebra_pb2.Pro
     return dist.through(sources)
 
 
-def _visit_aggregate(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, _Dist]:
+def _visit_aggregate(cut: _Cut, rel: algebra_pb2.Rel, gathered: bool
+                     ) -> tuple[algebra_pb2.Rel, _Dist]:
     aggregate = rel.aggregate
     child, dist = _visit(cut, aggregate.input)
     keys = _group_keys(aggregate)
@@ -298,9 +303,14 @@ def _visit_aggregate(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, 
         aggregate.input.CopyFrom(child)
         group_columns: list[int | None] = list(keys)
         return rel, dist.through(group_columns).emitted(aggregate.common)
+    if dist.tasks == 1:
+        aggregate.input.CopyFrom(child)
+        return rel, _SINGLE
     ungrouped = not aggregate.grouping_expressions and len(aggregate.groupings) <= 1
-    if (ungrouped and dist.tasks > 1) or keys is not None:
-        split = _two_phase(cut, rel, child, dist, len(keys or ()))
+    if ungrouped or keys is not None:
+        # Read whole anyway: the partial results go straight to the one task that reads
+        # them, which also finishes the aggregate (a stage less than hashing them).
+        split = _two_phase(cut, rel, child, dist, len(keys or ()), gathered)
         if split is not None:
             return split
     if keys is None:  # ungrouped, or grouping sets, or keys that are expressions
@@ -316,7 +326,7 @@ _FINAL_OF = {"sum": "sum", "count": "sum", "min": "min", "max": "max"}
 
 
 def _two_phase(cut: _Cut, rel: algebra_pb2.Rel, child: algebra_pb2.Rel, dist: _Dist,
-               key_count: int) -> tuple[algebra_pb2.Rel, _Dist] | None:
+               key_count: int, gathered: bool) -> tuple[algebra_pb2.Rel, _Dist] | None:
     """A partial aggregate in the upstream tasks and a final one after the exchange.
 
     Partial results are fewer rows to shuffle. Final sums of partial sums have wider
@@ -350,8 +360,8 @@ def _two_phase(cut: _Cut, rel: algebra_pb2.Rel, child: algebra_pb2.Rel, dist: _D
             columns.append(key_count + len(partial.aggregate.measures) - 1)
         finals.append((name, columns))
 
-    exchanged = (_hash(cut, partial, dist, tuple(range(key_count))) if key_count
-                 else _gather(cut, partial, dist))
+    exchanged = (_hash(cut, partial, dist, tuple(range(key_count)))
+                 if key_count and not gathered else _gather(cut, partial, dist))
     final = algebra_pb2.Rel()
     final.aggregate.input.CopyFrom(exchanged)
     for column in range(key_count):
@@ -385,7 +395,7 @@ def _two_phase(cut: _Cut, rel: algebra_pb2.Rel, child: algebra_pb2.Rel, dist: _D
     mapping = (list(aggregate.common.emit.output_mapping) if aggregate.common.HasField("emit")
                else list(range(len(natural))))
     project.project.common.emit.output_mapping.extend(natural[i] for i in mapping)
-    if not key_count:
+    if not key_count or gathered:
         return project, _SINGLE
     return project, _hashed_on(cut, range(key_count)).emitted(aggregate.common)
 
