@@ -44,6 +44,7 @@ from engine.distributed.shuffle import (
     MapOutput,
     ShuffleKey,
     Written,
+    open_shuffle_file,
     sign_result_ticket,
     sweep_work_dir,
     write_arrow_file,
@@ -461,7 +462,7 @@ class CoordinatorService:
                ) -> list[pa.ipc.RecordBatchFileReader]:
         """The final stage's output partitions, opened: in place when the executor's work
         dir is on this machine, else fetched into `folder`. They are opened before the
-        job's files are dropped: a memory map outlives the removal of its file."""
+        job's files are dropped."""
         final = self._final_stage(job)
         readers = []
         for location in finished.results:
@@ -471,14 +472,14 @@ class CoordinatorService:
                                      location.executor, key)
             if here is not None:
                 with contextlib.suppress(OSError):  # gone meanwhile: fetch it instead
-                    readers.append(pa.ipc.open_file(pa.memory_map(str(here))))
+                    readers.append(open_shuffle_file(here))
                     continue
             path = folder / f"{job}-{location.partition}.arrows"
             try:
                 _fetch_to_file(self._addresses[location.executor], key, self._token, path)
             except flight.FlightError as exc:
                 raise _ResultLost(location.executor, exc) from None
-            readers.append(pa.ipc.open_file(pa.memory_map(str(path))))
+            readers.append(open_shuffle_file(path))
         return readers
 
     def _plan(self, query: PlannedQuery, text: str) -> tuple[StagePlan | None, str]:
@@ -612,7 +613,8 @@ class ExecutorAgent:
         self._cores = os.cpu_count() or 1
         self._runner = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="task")
         self._cancelled: dict[TaskAttempt, threading.Event] = {}
-        self._fetched: dict[TaskAttempt, int] = {}  # bytes a running task fetched remotely
+        # Bytes of other executors' files a running task read: fetched, or in place.
+        self._fetched: dict[TaskAttempt, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat_loop, args=(heartbeat_s,),
                                         daemon=True)

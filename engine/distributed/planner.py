@@ -270,12 +270,10 @@ def _subquery_bytes(cut: _Cut, body: Message) -> int:
         if descriptor.name == "input" or descriptor.message_type is None:
             continue
         for item in value if descriptor.is_repeated else [value]:
-            for message in _messages(item):
-                if isinstance(message, algebra_pb2.ReadRel) and message.HasField("named_table"):
-                    scan = cut.scans.get(message.named_table.names[-1])
-                    if scan is None or scan.bytes is None:
-                        return sys.maxsize
-                    total += scan.bytes
+            size = _input_bytes(cut, item)
+            if size is None:
+                return sys.maxsize
+            total += size
     return total
 
 
@@ -308,8 +306,6 @@ def _visit_aggregate(cut: _Cut, rel: algebra_pb2.Rel, gathered: bool
         return rel, _SINGLE
     ungrouped = not aggregate.grouping_expressions and len(aggregate.groupings) <= 1
     if ungrouped or keys is not None:
-        # Read whole anyway: the partial results go straight to the one task that reads
-        # them, which also finishes the aggregate (a stage less than hashing them).
         split = _two_phase(cut, rel, child, dist, len(keys or ()), gathered)
         if split is not None:
             return split
@@ -360,6 +356,8 @@ def _two_phase(cut: _Cut, rel: algebra_pb2.Rel, child: algebra_pb2.Rel, dist: _D
             columns.append(key_count + len(partial.aggregate.measures) - 1)
         finals.append((name, columns))
 
+    # Groups read whole anyway (`gathered`): the partial results go straight to the one
+    # task that reads them, which also finishes the aggregate (a stage less than hashing).
     exchanged = (_hash(cut, partial, dist, tuple(range(key_count)))
                  if key_count and not gathered else _gather(cut, partial, dist))
     final = algebra_pb2.Rel()
@@ -530,8 +528,9 @@ def _broadcast_side(cut: _Cut, join_type: int, left: algebra_pb2.Rel, right: alg
     return min(small, key=lambda side: sizes[side] or 0) if small else None
 
 
-def _input_bytes(cut: _Cut, rel: algebra_pb2.Rel) -> int | None:
-    """The bytes of files `rel` reads; None if unknown or it reads another stage."""
+def _input_bytes(cut: _Cut, rel: Message) -> int | None:
+    """The bytes of files `rel` (or an expression) reads; None if unknown or it reads
+    another stage."""
     total = 0
     for message in _messages(rel):
         if isinstance(message, algebra_pb2.ReadRel) and message.HasField("named_table"):

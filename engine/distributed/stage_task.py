@@ -24,6 +24,7 @@ from engine.bridge import base_context
 from engine.config import EngineConfig
 from engine.distributed.ids import StageId
 from engine.distributed.planner import ScanSpec, input_name
+from engine.distributed.shuffle import open_shuffle_file
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def _mapped_partitions(paths: tuple[Path, ...], schema: pa.Schema, partitions: i
     """The files' batches, memory-mapped, dealt round-robin into `partitions` lists."""
     batches = []
     for path in paths:
-        reader = pa.ipc.open_file(pa.memory_map(str(path)))
+        reader = open_shuffle_file(path)
         batches += [reader.get_batch(i) for i in range(reader.num_record_batches)]
     if not batches:  # an in-memory table takes its schema from a batch
         batches = [pa.RecordBatch.from_pylist([], schema=schema)]

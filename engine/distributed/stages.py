@@ -1,5 +1,5 @@
-"""The engine's side of stages: planning them for a query (coordinator), and turning one
-stage task into a runnable query over its inputs (executor)."""
+"""The engine's side of stages on the coordinator: a query cut into stages over the files
+of its tables' current snapshots (engine.distributed.stage_task runs one task of them)."""
 
 from __future__ import annotations
 
