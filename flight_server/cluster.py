@@ -50,7 +50,7 @@ from engine.distributed.shuffle import (
     write_arrow_file,
 )
 from engine.distributed.stage_task import StageTask
-from engine.distributed.stages import plan_distributed
+from engine.distributed.stages import DistributedQuery, resolve_distributed
 from engine.distributed.state import (
     Action,
     CancelTask,
@@ -66,6 +66,8 @@ from engine.distributed.state import (
     JobSubmitted,
     LaunchTask,
     Settings,
+    StagesAdded,
+    StagesDone,
     StageSpec,
     TaskFailed,
     TaskSucceeded,
@@ -217,8 +219,9 @@ def _client_error(reason: str) -> Exception:
 
 @dataclass
 class _Waiter:
-    done: threading.Event
+    wake: threading.Event  # set on each of the two below
     finished: JobFinished | None = None
+    stages_done: bool = False  # every stage submitted so far is done (more to come)
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,8 @@ class _Job:
     text: str  # the SQL the job runs (without EXPLAIN)
     stages: dict[StageId, StageDef]  # empty: the whole query runs as one SQL task
     waiter: _Waiter
+    plan: StagePlan | None = None  # the latest, for EXPLAIN ANALYZE
+    reason: str = ""  # why it runs as one task, if it does
     metrics: dict[tuple[StageId, int], _TaskMetrics] = field(default_factory=dict)
 
 
@@ -354,11 +359,14 @@ class CoordinatorService:
             self._launcher.submit(self._launch, action)
         elif isinstance(action, CancelTask):
             self._launcher.submit(self._cancel, action)
-        elif isinstance(action, JobFinished):
+        elif isinstance(action, JobFinished | StagesDone):
             job = self._jobs.get(action.job)
             if job is not None:
-                job.waiter.finished = action
-                job.waiter.done.set()
+                if isinstance(action, JobFinished):
+                    job.waiter.finished = action
+                else:
+                    job.waiter.stages_done = True
+                job.waiter.wake.set()
 
     def _launch(self, launch: LaunchTask) -> None:
         job = self._jobs.get(launch.attempt.task.job)
@@ -416,25 +424,26 @@ class CoordinatorService:
             yield from self._results(query, query.text, is_cancelled, query.schema)
             return
         text = query.text[explain.end():]
-        stage_plan, reason = self._plan(query, text)
+        planned, reason = self._resolve(query, text)
         if explain.group(1) is None:  # plain EXPLAIN: plans only, nothing runs
+            stage_plan, reason = self._static_plan(planned, reason)
             yield from self._engine_stream(query, is_cancelled)
             yield _explain_row(query.schema, "distributed_plan", stage_plan, reason, {})
             return
-        with self._run_job(query, text, stage_plan, is_cancelled) as (record, _):
-            yield _explain_row(query.schema, "distributed_plan_with_metrics", stage_plan,
-                               reason, record.metrics)
+        with self._run_job(query, text, planned, is_cancelled) as (record, _):
+            yield _explain_row(query.schema, "distributed_plan_with_metrics", record.plan,
+                               reason or record.reason, record.metrics)
 
     def _results(self, query: PlannedQuery, text: str, is_cancelled: Callable[[], bool],
                  schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-        stage_plan, _ = self._plan(query, text)
-        with self._run_job(query, text, stage_plan, is_cancelled) as (_, spooled):
+        planned, _ = self._resolve(query, text)
+        with self._run_job(query, text, planned, is_cancelled) as (_, spooled):
             for reader in spooled:
                 for index in range(reader.num_record_batches):
                     yield conform_batch(reader.get_batch(index), schema)
 
     @contextlib.contextmanager
-    def _run_job(self, query: PlannedQuery, text: str, stage_plan: StagePlan | None,
+    def _run_job(self, query: PlannedQuery, text: str, planned: DistributedQuery | None,
                  is_cancelled: Callable[[], bool]
                  ) -> Iterator[tuple[_Job, list[pa.ipc.RecordBatchFileReader]]]:
         """Run the query as a job and open its result files (fetched into local files, or
@@ -442,10 +451,9 @@ class CoordinatorService:
         partition is read costs a rerun of the job, never a broken or doubled stream."""
         with tempfile.TemporaryDirectory(prefix="krishiv-result-") as spool:
             for _ in range(_RESULT_ATTEMPTS):
-                job = self._submit(query, text, stage_plan)
+                job, finished = self._execute(query, text, planned, is_cancelled)
                 record = self._jobs[job]
                 try:
-                    finished = self._wait(job, is_cancelled)
                     readers = self._spool(job, finished, Path(spool))
                 except _ResultLost as lost:
                     log.warning("result of %s lost with %s (%s); running the job again",
@@ -482,29 +490,97 @@ class CoordinatorService:
             readers.append(open_shuffle_file(path))
         return readers
 
-    def _plan(self, query: PlannedQuery, text: str) -> tuple[StagePlan | None, str]:
-        """The query's stages, or None and the reason it runs as one task."""
+    def _resolve(self, query: PlannedQuery, text: str) -> tuple[DistributedQuery | None, str]:
+        """The query ready to be cut into stages, or None and the reason it runs as one
+        task."""
         if self._engine is None:
             return None, "this coordinator has no stage planner"
         try:
-            stage_plan = plan_distributed(self._engine, text, query.default_schema,
-                                          query.parameters, self._partitions,
-                                          self._broadcast_limit)
+            return resolve_distributed(self._engine, text, query.default_schema,
+                                       query.parameters, self._partitions,
+                                       self._broadcast_limit), ""
         except EngineError as exc:
             return None, str(exc)
+
+    @staticmethod
+    def _static_plan(planned: DistributedQuery | None, reason: str
+                     ) -> tuple[StagePlan | None, str]:
+        """The stages as planned from file sizes alone (what EXPLAIN shows)."""
+        if planned is None:
+            return None, reason
+        try:
+            return planned.plan(), ""
+        except EngineError as exc:
+            return None, str(exc)
+
+    def _execute(self, query: PlannedQuery, text: str, planned: DistributedQuery | None,
+                 is_cancelled: Callable[[], bool]) -> tuple[JobId, JobFinished]:
+        """Run the query as a job to its end; a plan with probe stages is submitted in
+        steps, each planned once the stages before it are done and their sizes known."""
+        observed: dict[StageId, int] = {}
+        stage_plan, reason = self._next_plan(planned, observed, query, text)
+        job = self._submit(query, text, stage_plan, reason)
+        try:
+            while stage_plan is not None and stage_plan.probe is not None:
+                self._wait(job, is_cancelled, stages_done=True)
+                observed[stage_plan.probe] = self._written(job, stage_plan.probe)
+                following, reason = self._next_plan(planned, observed, query, text)
+                if following is None:  # the rest cannot be cut: run the query whole
+                    self._handle(JobCancelled(job))
+                    self._forget(job)
+                    job = self._submit(query, text, None, reason)
+                else:
+                    self._extend(job, stage_plan, following)
+                stage_plan = following
+            finished = self._wait(job, is_cancelled)
+        except BaseException:
+            self._forget(job)
+            raise
+        assert finished is not None
+        return job, finished
+
+    def _next_plan(self, planned: DistributedQuery | None, observed: dict[StageId, int],
+                   query: PlannedQuery, text: str) -> tuple[StagePlan | None, str]:
+        if planned is None:
+            return None, ""
+        try:
+            stage_plan = planned.plan(observed)
+        except EngineError as exc:
+            return None, str(exc)
+        if stage_plan.probe is not None:
+            return stage_plan, ""
         *stages, result = stage_plan.stages
         if text is query.text and len(result.schema) == len(query.schema):
             # The result stage writes the very schema the client was promised.
             stage_plan = StagePlan((*stages, replace(result, schema=query.schema)))
         return stage_plan, ""
 
-    def _submit(self, query: PlannedQuery, text: str, stage_plan: StagePlan | None) -> JobId:
+    def _written(self, job: JobId, stage: StageId) -> int:
+        """The bytes a finished stage's tasks wrote."""
+        return sum(m.bytes for (s, _), m in self._jobs[job].metrics.items() if s == stage)
+
+    def _extend(self, job: JobId, submitted: StagePlan, following: StagePlan) -> None:
+        """Add the stages `following` plans after those already `submitted`."""
+        done = len(submitted.stages)
+        if following.stages[:done] != submitted.stages:
+            raise RuntimeError("adaptive planning changed stages that already ran")
+        record = self._jobs[job]
+        added = following.stages[done:]
+        record.stages.update((s.stage, s) for s in added)
+        record.plan = following
+        self._handle(StagesAdded(job, tuple(StageSpec(s.stage, s.tasks, s.inputs)
+                                            for s in added), following.probe is not None))
+
+    def _submit(self, query: PlannedQuery, text: str, stage_plan: StagePlan | None,
+                reason: str = "") -> JobId:
         job = JobId(str(uuid.uuid4()))
         stages = {s.stage: s for s in stage_plan.stages} if stage_plan else {}
-        self._jobs[job] = _Job(query, text, stages, _Waiter(threading.Event()))
+        self._jobs[job] = _Job(query, text, stages, _Waiter(threading.Event()), stage_plan,
+                               reason)
         specs = (tuple(StageSpec(s.stage, s.tasks, s.inputs) for s in stage_plan.stages)
                  if stage_plan else (StageSpec(_SQL_STAGE, 1),))
-        self._handle(JobSubmitted(job, specs, time.monotonic()))
+        more = stage_plan is not None and stage_plan.probe is not None
+        self._handle(JobSubmitted(job, specs, time.monotonic(), more))
         return job
 
     def direct_endpoints(self, query: PlannedQuery, is_cancelled: Callable[[], bool]
@@ -514,13 +590,8 @@ class CoordinatorService:
         query's result comes through the coordinator (EXPLAIN)."""
         if not self.direct_results or _EXPLAIN.match(query.text):
             return None
-        stage_plan, _ = self._plan(query, query.text)
-        job = self._submit(query, query.text, stage_plan)
-        try:
-            finished = self._wait(job, is_cancelled)
-        except BaseException:
-            self._forget(job)
-            raise
+        planned, _ = self._resolve(query, query.text)
+        job, finished = self._execute(query, query.text, planned, is_cancelled)
         final = self._final_stage(job)
         expires = time.time() + RESULT_TTL_S
         endpoints = []
@@ -537,15 +608,22 @@ class CoordinatorService:
         timer.start()
         return endpoints
 
-    def _wait(self, job: JobId, is_cancelled: Callable[[], bool]) -> JobFinished:
-        """The job's end; cancels it if the client does, raises if it failed."""
-        record = self._jobs[job]
-        while not record.waiter.done.wait(0.05):
-            if is_cancelled():
+    def _wait(self, job: JobId, is_cancelled: Callable[[], bool], stages_done: bool = False
+              ) -> JobFinished | None:
+        """The job's end (or None once its stages so far are done, if `stages_done`);
+        cancels it if the client does, raises if it failed."""
+        waiter = self._jobs[job].waiter
+        while True:
+            waiter.wake.clear()
+            finished = waiter.finished
+            if finished is not None:
+                break
+            if stages_done and waiter.stages_done:
+                waiter.stages_done = False
+                return None
+            if not waiter.wake.wait(0.05) and is_cancelled():
                 self._handle(JobCancelled(job))
                 raise Cancelled("query cancelled by the client")
-        finished = record.waiter.finished
-        assert finished is not None
         if finished.state is not JobState.SUCCEEDED:
             raise _client_error(finished.reason)
         return finished
@@ -747,40 +825,37 @@ class ExecutorAgent:
 
     def _fetch(self, attempt: TaskAttempt, source: StageInput, scratch: Path
                ) -> tuple[Path, ...]:
-        """Local paths of this task's partition of every map output of `source`.
+        """Local paths of this task's partitions of every map output of `source`.
 
         Files this executor wrote are read in place; others come over Flight DoGet.
         """
-        job = attempt.task.job
-        paths = []
-        for origin in source.sources:
-            key = ShuffleKey(job, source.stage, origin.stage_attempt, source.partition,
-                             origin.map_task, origin.attempt)
-            if origin.executor == self.id:
-                paths.append(key.path(self._work_dir))
-                continue
-            in_place = self._in_place(origin, key)
-            if in_place is not None:
-                size = in_place.stat().st_size
-                self._fetched[attempt] = self._fetched.get(attempt, 0) + size
-                log.info("%s read stage %s partition %s of map task %s of %s in place: %d "
-                         "bytes (task %s)", self.id, source.stage, source.partition,
-                         origin.map_task, origin.executor, size, attempt.task)
-                paths.append(in_place)
-                continue
-            target = scratch / "fetched" / f"{source.stage}-{origin.map_task}.arrows"
-            try:
-                written = _fetch_to_file(origin.address, key, self._token, target,
-                                         source.schema)
-            except flight.FlightError as exc:
-                raise _FetchFailed(origin.executor, exc) from None
-            self._fetched[attempt] = self._fetched.get(attempt, 0) + written.bytes
-            log.info("%s fetched stage %s partition %s of map task %s from %s over "
-                     "Flight: %d rows, %d bytes (task %s)", self.id, source.stage,
-                     source.partition, origin.map_task, origin.executor, written.rows,
-                     written.bytes, attempt.task)
-            paths.append(target)
-        return tuple(paths)
+        return tuple(self._fetch_one(attempt, source, origin, partition, scratch)
+                     for origin in source.sources for partition in source.partitions)
+
+    def _fetch_one(self, attempt: TaskAttempt, source: StageInput, origin: InputSource,
+                   partition: int, scratch: Path) -> Path:
+        key = ShuffleKey(attempt.task.job, source.stage, origin.stage_attempt, partition,
+                         origin.map_task, origin.attempt)
+        if origin.executor == self.id:
+            return key.path(self._work_dir)
+        in_place = self._in_place(origin, key)
+        if in_place is not None:
+            size = in_place.stat().st_size
+            self._fetched[attempt] = self._fetched.get(attempt, 0) + size
+            log.info("%s read stage %s partition %s of map task %s of %s in place: %d "
+                     "bytes (task %s)", self.id, source.stage, partition, origin.map_task,
+                     origin.executor, size, attempt.task)
+            return in_place
+        target = scratch / "fetched" / f"{source.stage}-{origin.map_task}-{partition}.arrows"
+        try:
+            written = _fetch_to_file(origin.address, key, self._token, target, source.schema)
+        except flight.FlightError as exc:
+            raise _FetchFailed(origin.executor, exc) from None
+        self._fetched[attempt] = self._fetched.get(attempt, 0) + written.bytes
+        log.info("%s fetched stage %s partition %s of map task %s from %s over Flight: %d "
+                 "rows, %d bytes (task %s)", self.id, source.stage, partition,
+                 origin.map_task, origin.executor, written.rows, written.bytes, attempt.task)
+        return target
 
     def _in_place(self, origin: InputSource, key: ShuffleKey) -> Path | None:
         if not self._local_reads:

@@ -95,6 +95,29 @@ REUSED_PARTITIONING = [
 ]
 
 
+def test_join_inputs_found_small_are_broadcast(demo_warehouse: Path, tmp_path: Path,
+                                               duck: duckdb.DuckDBPyConnection) -> None:
+    """Adaptive broadcast: with a limit below most tables' files, a filtered or joined
+    join input runs first, and if it wrote at most the limit every join task reads all
+    its partitions (here over Flight) while the other input is not shuffled."""
+    args = ["--executors", "2", "--default-schema", "tpch", "--broadcast-limit", "64K"]
+    texts = tpch_queries(duck)
+    with running_server(demo_warehouse, tmp_path, args, TOKEN,
+                        {"KRISHIV_LOCAL_SHUFFLE_READS": "0"}) as server:
+        with adbc_connect(server) as conn, conn.cursor() as cur:
+            for number in range(1, 23):
+                cur.execute(texts[number])
+                assert as_multiset(cur.fetchall()) == as_multiset(
+                    duck.execute(texts[number]).fetchall()), f"q{number}"
+            cur.execute("EXPLAIN ANALYZE " + texts[5])
+            plan = dict(cur.fetchall())["distributed_plan_with_metrics"]
+        # The filtered orders (2,303 rows) and their join with customers each ran first
+        # and were read whole; lineitem is read in the join's own stage.
+        assert re.search(r"Stage 2: .* reads stage 1 \(whole\), tpch.customer", plan), plan
+        assert re.search(r"Stage 3: .* reads stage 2 \(whole\), tpch.lineitem", plan), plan
+        assert "over Flight" in server.log()
+
+
 def test_reused_partitioning_matches_duckdb(cluster: RunningServer,
                                             duck: duckdb.DuckDBPyConnection) -> None:
     with adbc_connect(cluster) as conn, conn.cursor() as cur:

@@ -16,6 +16,8 @@ from engine.distributed.state import (
     JobSubmitted,
     LaunchTask,
     Settings,
+    StagesAdded,
+    StagesDone,
     StageSpec,
     TaskFailed,
     TaskSucceeded,
@@ -212,3 +214,27 @@ def test_fatal_failure_ends_the_job_without_retries() -> None:
     (end,) = finished(actions)
     assert end.state is JobState.FAILED and end.reason == "bad SQL"
     assert coordinator.metrics.task_retries == 0
+
+
+def test_a_job_with_more_stages_to_come_waits_for_them() -> None:
+    """Adaptive planning: the probe stage's end is reported, the job stays open, and the
+    stages planned after it run over its kept outputs (recomputed if lost meanwhile)."""
+    coordinator = Coordinator()
+    for executor in (A, B):
+        coordinator.handle(ExecutorJoined(executor, 2, now=0.0))
+    probes = launches(coordinator.handle(
+        JobSubmitted(JOB, (StageSpec(MAP, 2),), now=0.0, more=True)))
+    actions = succeed(coordinator, probes)
+    assert [a for a in actions if isinstance(a, StagesDone)] == [StagesDone(JOB)]
+    assert finished(actions) == [] and coordinator.job_state(JOB) is JobState.RUNNING
+    lost = coordinator.handle(ExecutorLost(A))  # holds one probe output
+    again = launches(lost)
+    assert [r.attempt.task.stage for r in again] == [MAP]
+    # The new stage waits for the recomputed output, then the job ends with it.
+    assert launches(coordinator.handle(StagesAdded(JOB, (StageSpec(REDUCE, 1, (MAP,)),)))) == []
+    reduces = launches(succeed(coordinator, again))
+    assert [r.attempt.task.stage for r in reduces] == [REDUCE]
+    assert {loc.partition for loc in reduces[0].inputs[MAP]} == {0, 1}
+    done = finished(succeed(coordinator, reduces))
+    assert done[0].state is JobState.SUCCEEDED
+    assert [r.partition for r in done[0].results] == [0]

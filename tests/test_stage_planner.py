@@ -11,7 +11,7 @@ import pytest
 from catalog import IcebergCatalog
 from engine import EngineConfig, SqlEngine
 from engine.distributed.planner import ExchangeKind, StagePlan
-from engine.distributed.stages import NotDistributable, plan_distributed
+from engine.distributed.stages import NotDistributable, plan_distributed, resolve_distributed
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +179,36 @@ def test_outer_join_sides_padded_with_nulls_are_shuffled(engine: SqlEngine) -> N
     assert _hash_exchanges(grouped("LEFT", "c_custkey")) == 3
     assert _hash_exchanges(grouped("LEFT", "o_custkey")) == 4
     assert _hash_exchanges(grouped("FULL", "c_custkey")) == 4
+
+
+def test_adaptive_planning_broadcasts_a_join_input_found_small(engine: SqlEngine) -> None:
+    """The filtered orders run first as a probe; written small, every join task reads
+    them whole and lineitem is not shuffled at all; written large, both are hashed."""
+    text = ("SELECT o_orderpriority, count(*) FROM orders JOIN lineitem "
+            "ON l_orderkey = o_orderkey WHERE o_orderdate < DATE '1993-01-01' "
+            "GROUP BY o_orderpriority")
+    limit = 1000  # below the files of both tables: neither is broadcast by file size
+    query = resolve_distributed(engine, text, "tpch", None, 4, limit)
+    assert query.plan().probe is None  # planned once, from file sizes: no probe
+    first = query.plan({})
+    probe = first.stages[-1]
+    assert first.probe == probe.stage and probe.output.kind is ExchangeKind.HASH
+    assert [s.table for s in probe.scans] == ["tpch.orders"] and "filter" in probe.summary
+
+    small = query.plan({probe.stage: limit})
+    assert small.probe is None and small.stages[:len(first.stages)] == first.stages
+    join = next(s for s in small.stages if probe.stage in s.inputs)
+    assert join.whole_inputs == {probe.stage}
+    assert [s.table for s in join.scans] == ["tpch.lineitem"]
+    assert join.partitions_read(probe, 2) == (0, 1, 2, 3)
+    assert f"stage {probe.stage} (whole)" in small.explain()
+
+    large = query.plan({probe.stage: limit + 1})
+    join = next(s for s in large.stages if probe.stage in s.inputs)
+    assert not join.whole_inputs and not join.scans
+    assert join.partitions_read(probe, 2) == (2,)
+    lineitem = next(s for s in large.stages if s.stage in join.inputs and s != probe)
+    assert [s.table for s in lineitem.scans] == ["tpch.lineitem"]
+    assert lineitem.output == probe.output
+    # Broadcast off: nothing to learn, so no probe.
+    assert resolve_distributed(engine, text, "tpch", None, 4, 0).plan({}).probe is None

@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 
 from engine.distributed.ids import Attempt, ExecutorId, StageId
-from engine.distributed.planner import ExchangeKind, ScanSpec, StageDef
+from engine.distributed.planner import ScanSpec, StageDef
 from engine.distributed.stage_task import as_text, from_text, schema_from_text, schema_text
 from engine.distributed.state import OutputLocation
 
@@ -32,7 +32,7 @@ class InputSource:
 class StageInput:
     stage: StageId
     schema: pa.Schema
-    partition: int  # the partition of every map task's output this task reads
+    partitions: tuple[int, ...]  # the partitions of every map task's output it reads
     sources: tuple[InputSource, ...]
 
 
@@ -54,9 +54,9 @@ def encode_stage_task(stage: StageDef, task: int, stages: dict[StageId, StageDef
     inputs = []
     for source_id in stage.inputs:
         source = stages[source_id]
-        partition = task if source.output.kind is ExchangeKind.HASH else 0
         inputs.append({
-            "stage": source_id, "schema": schema_text(source.schema), "partition": partition,
+            "stage": source_id, "schema": schema_text(source.schema),
+            "partitions": list(stage.partitions_read(source, task)),
             "sources": [{"executor": o.executor, "address": addresses.get(o.executor, ""),
                          "stage_attempt": o.stage_attempt, "map_task": o.partition,
                          "attempt": o.attempt,
@@ -89,7 +89,8 @@ def decode_stage_task(body: dict[str, Any]) -> StageTaskMessage:
         for s in body["scans"]
     )
     inputs = tuple(
-        StageInput(StageId(int(i["stage"])), schema_from_text(i["schema"]), int(i["partition"]),
+        StageInput(StageId(int(i["stage"])), schema_from_text(i["schema"]),
+                   tuple(int(p) for p in i["partitions"]),
                    tuple(InputSource(ExecutorId(str(s["executor"])), str(s["address"]),
                                      Attempt(int(s["stage_attempt"])), int(s["map_task"]),
                                      Attempt(int(s["attempt"])), str(s["work_dir"]))

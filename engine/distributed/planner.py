@@ -15,6 +15,7 @@ inside subquery expressions always see the whole table (DESIGN §6: q22).
 from __future__ import annotations
 
 import enum
+import functools
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -72,11 +73,21 @@ class StageDef:
     schema: pa.Schema  # of the stage's output; columns c0..cN except for the result
     scans: tuple[ScanSpec, ...]
     summary: str
+    whole_inputs: frozenset[StageId] = frozenset()  # read in all their partitions
+
+    def partitions_read(self, source: StageDef, task: int) -> tuple[int, ...]:
+        """The partitions of `source`'s map outputs that this stage's `task` reads."""
+        if source.stage in self.whole_inputs:
+            return tuple(range(source.output.partitions))
+        return (task,) if source.output.kind is ExchangeKind.HASH else (0,)
 
 
 @dataclass(frozen=True)
 class StagePlan:
     stages: tuple[StageDef, ...]  # dependencies first; the last stage yields the result
+    # Set on a plan cut short (adaptive planning): the last stage is a join input whose
+    # size decides the join's strategy; run these stages, then plan again knowing it.
+    probe: StageId | None = None
 
     def explain(self, notes: dict[StageId, str] | None = None) -> str:
         """One line per stage; `notes` (e.g. metrics) are appended to their stage's line."""
@@ -91,7 +102,8 @@ class StagePlan:
                 target = "broadcast to every task of the reading stage"
             else:
                 target = "gather into 1 partition"
-            reads = ", ".join([f"stage {i}" for i in stage.inputs]
+            reads = ", ".join([f"stage {i}" + (" (whole)" if i in stage.whole_inputs else "")
+                               for i in stage.inputs]
                               + [_scan_text(s) for s in stage.scans])
             note = (notes or {}).get(stage.stage)
             lines.append(f"Stage {stage.stage}: {stage.tasks} task(s) [{stage.summary}] "
@@ -159,8 +171,21 @@ class _Cut:
     functions: dict[int, str]
     table_from: Callable[[pa.Schema], Table]
     broadcast_limit: int
+    # Adaptive planning: bytes written by the probe stages run so far (None: plan once,
+    # from file sizes alone).
+    observed: dict[StageId, int] | None = None
     stages: list[StageDef] = field(default_factory=list)
     scans: dict[str, ScanSpec] = field(default_factory=dict)
+    estimates: dict[StageId, int | None] = field(default_factory=dict)  # output bytes
+    whole_reads: set[str] = field(default_factory=set)  # stage inputs read whole
+
+
+class _Probe(Exception):
+    """Planning stops here until `stage` has run and its output size is known."""
+
+    def __init__(self, stage: StageId) -> None:
+        super().__init__(stage)
+        self.stage = stage
 
 
 def plan_stages(
@@ -170,19 +195,27 @@ def plan_stages(
     partitions: int,
     table_from: Callable[[pa.Schema], Table],
     broadcast_limit: int = 0,
+    observed: dict[StageId, int] | None = None,
 ) -> StagePlan:
     """Cut the Substrait `plan_bytes` into stages of at most `partitions` tasks.
 
     `tables` maps a Substrait table name to its snapshot files; `ctx` is a scratch
     context where the cut registers tables made by `table_from` to learn schemas. A join
     input that reads at most `broadcast_limit` bytes of files is broadcast.
+
+    With `observed` (adaptive planning), a join of two inputs too big to broadcast by
+    their files, one of which filters, joins or aggregates its rows, is planned in two
+    steps: the plan returned ends at that input's stage (`probe`); once it has run, plan
+    again with its output size in `observed`: at most `broadcast_limit` bytes, it is
+    broadcast and the other input is not shuffled at all. The stages before the probe
+    come out the same each time.
     """
     plan = plan_pb2.Plan.FromString(plan_bytes)
     functions = {
         ext.extension_function.function_anchor: ext.extension_function.name.split(":")[0]
         for ext in plan.extensions if ext.HasField("extension_function")
     }
-    cut = _Cut(plan, ctx, tables, partitions, functions, table_from, broadcast_limit)
+    cut = _Cut(plan, ctx, tables, partitions, functions, table_from, broadcast_limit, observed)
     root = plan.relations[0].root
     for rel in [m for m in _messages(root.input) if isinstance(m, algebra_pb2.Rel)]:
         if rel.WhichOneof("rel_type") == "read" and rel.read.HasField("filter"):
@@ -193,7 +226,10 @@ def plan_stages(
         if (isinstance(message, algebra_pb2.ReadRel) and message.HasField("named_table")
                 and not message.named_table.names[-1].startswith("__")):
             _bind_read(cut, message, split=False)
-    rel, dist = _visit(cut, root.input, gathered=True)
+    try:
+        rel, dist = _visit(cut, root.input, gathered=True)
+    except _Probe as probe:
+        return StagePlan(tuple(cut.stages), probe=probe.stage)
     rel = _gather(cut, rel, dist)
     result = _stage_plan(cut.plan, rel, list(root.names))
     _add_stage(cut, result, rel, 1, Exchange(ExchangeKind.GATHER, 1),
@@ -460,8 +496,22 @@ def _visit_join(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, _Dist
         join.right.CopyFrom(right)
         return rel, _joined(join, left_width, None, right_dist)
     left_keys, right_keys = _co_partition_keys(cut, pairs, left_dist, right_dist)
-    join.left.CopyFrom(_hash(cut, left, left_dist, left_keys))
-    join.right.CopyFrom(_hash(cut, right, right_dist, right_keys))
+    probe = _probe_side(cut, join.type, (left, left_dist, left_keys),
+                        (right, right_dist, right_keys))
+    if probe == "left":
+        join.left.CopyFrom(_hash(cut, left, left_dist, left_keys))
+        if _probed_small(cut, join.left):
+            join.right.CopyFrom(right)
+            return rel, _joined(join, left_width, None, right_dist)
+    if probe == "right":
+        join.right.CopyFrom(_hash(cut, right, right_dist, right_keys))
+        if _probed_small(cut, join.right):
+            join.left.CopyFrom(left)
+            return rel, _joined(join, left_width, left_dist, None)
+    if probe != "left":
+        join.left.CopyFrom(_hash(cut, left, left_dist, left_keys))
+    if probe != "right":
+        join.right.CopyFrom(_hash(cut, right, right_dist, right_keys))
     return rel, _joined(join, left_width, _hashed_on(cut, left_keys),
                         _hashed_on(cut, right_keys))
 
@@ -528,17 +578,90 @@ def _broadcast_side(cut: _Cut, join_type: int, left: algebra_pb2.Rel, right: alg
     return min(small, key=lambda side: sizes[side] or 0) if small else None
 
 
+# -- adaptive broadcast -----------------------------------------------------------------
+_REDUCING = ("filter", "join", "aggregate", "fetch")
+_Side = tuple[algebra_pb2.Rel, _Dist, tuple[int, ...]]
+
+
+def _probe_side(cut: _Cut, join_type: int, left: _Side, right: _Side) -> str | None:
+    """The join input to run first and measure, in adaptive planning: one that may be
+    broadcast, reduces its rows, and needs a shuffle, as the other input does (else
+    broadcasting saves nothing); the smaller by estimate if both qualify."""
+    if cut.observed is None or cut.broadcast_limit <= 0:
+        return None
+    sides = {"left": left, "right": right}
+    needs_shuffle = {name: not _hash_kept(cut, dist, keys)
+                     for name, (_, dist, keys) in sides.items()}
+    sizes = {name: _estimated_bytes(cut, rel) for name, (rel, _, _) in sides.items()}
+    candidates = [
+        name for name, types in (("right", _BROADCAST_RIGHT), ("left", _BROADCAST_LEFT))
+        if join_type in types and all(needs_shuffle.values())
+        and _reduces(sides[name][0])
+    ]
+    return min(candidates, key=lambda name: _or_max(sizes[name]), default=None)
+
+
+def _or_max(size: int | None) -> int:
+    return sys.maxsize if size is None else size
+
+
+def _probed_small(cut: _Cut, probed: algebra_pb2.Rel) -> bool:
+    """Whether the probe stage `probed` reads wrote at most the broadcast limit (it is
+    then read whole by every task); stops planning if it has not run yet."""
+    assert cut.observed is not None
+    name = probed.read.named_table.names[-1]
+    stage = StageId(int(name.removeprefix(_INPUT_PREFIX)))
+    written = cut.observed.get(stage)
+    if written is None:
+        raise _Probe(stage)
+    if written > cut.broadcast_limit:
+        return False
+    cut.whole_reads.add(name)
+    return True
+
+
+def _reduces(rel: algebra_pb2.Rel) -> bool:
+    """Whether `rel` may output far fewer bytes than it reads: it filters, joins or
+    aggregates (within its own stage: reads of other stages end the walk)."""
+    kind = rel.WhichOneof("rel_type")
+    if kind in _REDUCING:
+        return True
+    return any(_reduces(child) for child in _children(rel))
+
+
+def _estimated_bytes(cut: _Cut, rel: Message) -> int | None:
+    """The bytes `rel` reads: its tables' files and the outputs (measured, or else
+    estimated alike) of the stages it reads; None where unknown."""
+    total = 0
+    for name in _named_reads(rel):
+        scan = cut.scans.get(name)
+        size = (scan.bytes if scan is not None
+                else cut.estimates.get(StageId(int(name.removeprefix(_INPUT_PREFIX)))))
+        if size is None:
+            return None
+        total += size
+    return total
+
+
 def _input_bytes(cut: _Cut, rel: Message) -> int | None:
     """The bytes of files `rel` (or an expression) reads; None if unknown or it reads
     another stage."""
     total = 0
-    for message in _messages(rel):
-        if isinstance(message, algebra_pb2.ReadRel) and message.HasField("named_table"):
-            scan = cut.scans.get(message.named_table.names[-1])
-            if scan is None or scan.bytes is None:
-                return None
-            total += scan.bytes
+    for name in _named_reads(rel):
+        scan = cut.scans.get(name)
+        if scan is None or scan.bytes is None:
+            return None
+        total += scan.bytes
     return total
+
+
+def _named_reads(message: Message) -> list[str]:
+    """The names `message` reads: all private (`__scan_N`, `__stage_N`) once bound, so
+    a message whose bytes lack the prefix has none and its (slow) walk is skipped."""
+    if b"__s" not in message.SerializeToString():
+        return []
+    return [m.named_table.names[-1] for m in _messages(message)
+            if isinstance(m, algebra_pb2.ReadRel) and m.HasField("named_table")]
 
 
 def _whole(cut: _Cut, rel: algebra_pb2.Rel, dist: _Dist) -> algebra_pb2.Rel:
@@ -558,9 +681,13 @@ def _gather(cut: _Cut, rel: algebra_pb2.Rel, dist: _Dist) -> algebra_pb2.Rel:
 
 def _hash(cut: _Cut, rel: algebra_pb2.Rel, dist: _Dist, keys: tuple[int, ...]
           ) -> algebra_pb2.Rel:
-    if keys in dist.keyings and dist.tasks == cut.partitions:
+    if _hash_kept(cut, dist, keys):
         return rel  # already partitioned this way
     return _exchange(cut, rel, dist, Exchange(ExchangeKind.HASH, cut.partitions, keys))
+
+
+def _hash_kept(cut: _Cut, dist: _Dist, keys: tuple[int, ...]) -> bool:
+    return keys in dist.keyings and dist.tasks == cut.partitions
 
 
 def _hashed_on(cut: _Cut, keys: Iterable[int]) -> _Dist:
@@ -594,8 +721,11 @@ def _add_stage(cut: _Cut, plan: plan_pb2.Plan, rel: algebra_pb2.Rel, tasks: int,
             else:
                 inputs.append(StageId(int(name.removeprefix(_INPUT_PREFIX))))
     summary = ", ".join(k for k in dict.fromkeys(reversed(kinds)) if k not in ("read", "project"))
+    whole = frozenset(i for i in inputs if input_name(i) in cut.whole_reads)
     cut.stages.append(StageDef(stage, tasks, plan.SerializeToString(), tuple(inputs), output,
-                               schema, tuple(scans), summary or "scan"))
+                               schema, tuple(scans), summary or "scan", whole))
+    observed = (cut.observed or {}).get(stage)
+    cut.estimates[stage] = observed if observed is not None else _estimated_bytes(cut, rel)
     return stage
 
 
@@ -679,19 +809,29 @@ def _schema_of(cut: _Cut, plan: plan_pb2.Plan) -> pa.Schema:
     return cut.ctx.create_dataframe_from_logical_plan(logical).schema()
 
 
-def _messages(message: Message) -> Iterator[Message]:
-    """`message` and every message nested in it."""
-    yield message
-    for descriptor, value in message.ListFields():
-        if descriptor.message_type is None:
-            continue
-        if descriptor.is_repeated:
-            if descriptor.message_type.GetOptions().map_entry:
+def _messages(message: Message) -> list[Message]:
+    """`message` and every message nested in it, depth first in field order (a stack,
+    not recursive generators: plans are walked many times while cut)."""
+    found = []
+    stack = [message]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        nested: list[Message] = []
+        for descriptor, value in current.ListFields():
+            if descriptor.message_type is None:
                 continue
-            for item in value:
-                yield from _messages(item)
-        else:
-            yield from _messages(value)
+            if not descriptor.is_repeated:
+                nested.append(value)
+            elif not _is_map_entry(descriptor.message_type):
+                nested.extend(value)
+        stack.extend(reversed(nested))
+    return found
+
+
+@functools.cache
+def _is_map_entry(descriptor: Any) -> bool:
+    return bool(descriptor.GetOptions().map_entry)
 
 
 def _children(rel: algebra_pb2.Rel) -> list[algebra_pb2.Rel]:

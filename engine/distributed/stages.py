@@ -3,6 +3,9 @@ of its tables' current snapshots (engine.distributed.stage_task runs one task of
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import pyarrow as pa
 import pyarrow.dataset as ds
 from datafusion import substrait as ds_substrait
@@ -12,6 +15,8 @@ from datafusion.plan import LogicalPlan
 from catalog import NamespaceNotFound, TableIdent, TableNotFound
 from engine.arrow_types import plain_schema
 from engine.bridge import CatalogBridge, base_context
+from engine.config import EngineConfig
+from engine.distributed.ids import StageId
 from engine.distributed.planner import StagePlan, TableFiles, plan_stages
 from engine.errors import EngineError
 from engine.parameters import bound_values
@@ -24,10 +29,41 @@ class NotDistributable(EngineError):
     """The query runs as one task; the message says why (EXPLAIN shows it)."""
 
 
+@dataclass(frozen=True)
+class DistributedQuery:
+    """A query resolved against its snapshots, ready to be cut into stages (again, in
+    adaptive planning, as probe stages report their sizes)."""
+
+    substrait: bytes
+    config: EngineConfig
+    tables: Callable[[list[str]], TableFiles]
+    partitions: int
+    broadcast_limit: int
+
+    def plan(self, observed: dict[StageId, int] | None = None) -> StagePlan:
+        """The stages; with `observed`, adaptively (see plan_stages)."""
+        try:
+            return plan_stages(self.substrait, base_context(self.config), self.tables,
+                               self.partitions, _empty_table, self.broadcast_limit, observed)
+        except NotDistributable:
+            raise
+        except Exception as exc:
+            raise NotDistributable(f"the stage planner failed ({_first_line(exc)})") from None
+
+
 def plan_distributed(engine: SqlEngine, text: str, default_schema: str,
                      parameters: pa.RecordBatch | None, partitions: int,
                      broadcast_limit: int = 0) -> StagePlan:
-    """The query `text` cut into stages over the current snapshots of its tables."""
+    """The query `text` cut into stages over the current snapshots of its tables, planned
+    once from file sizes."""
+    return resolve_distributed(engine, text, default_schema, parameters, partitions,
+                               broadcast_limit).plan()
+
+
+def resolve_distributed(engine: SqlEngine, text: str, default_schema: str,
+                        parameters: pa.RecordBatch | None, partitions: int,
+                        broadcast_limit: int = 0) -> DistributedQuery:
+    """The query `text` over the current snapshots of its tables, as Substrait."""
     found = _snapshot_files(engine, text, default_schema)
     config = engine.config
     ctx = base_context(config, (config.catalog_name, default_schema))
@@ -51,16 +87,11 @@ def plan_distributed(engine: SqlEngine, text: str, default_schema: str,
             raise NotDistributable(f"table {'.'.join(names)} was not resolved before planning")
         return found[ident]
 
-    def empty_table(schema: pa.Schema) -> Table:
-        return Table(ds.dataset(schema.empty_table()))
+    return DistributedQuery(substrait, config, tables, partitions, broadcast_limit)
 
-    try:
-        return plan_stages(substrait, base_context(config), tables, partitions, empty_table,
-                           broadcast_limit)
-    except NotDistributable:
-        raise
-    except Exception as exc:
-        raise NotDistributable(f"the stage planner failed ({_first_line(exc)})") from None
+
+def _empty_table(schema: pa.Schema) -> Table:
+    return Table(ds.dataset(schema.empty_table()))
 
 
 def _snapshot_files(engine: SqlEngine, text: str, default_schema: str

@@ -65,6 +65,16 @@ class JobSubmitted:
     job: JobId
     stages: tuple[StageSpec, ...]  # the last one produces the job's result
     now: float
+    more: bool = False  # the last stage is a probe: more stages come once it is done
+
+
+@dataclass(frozen=True)
+class StagesAdded:
+    """The job's next stages, planned once its probe stage was done."""
+
+    job: JobId
+    stages: tuple[StageSpec, ...]
+    more: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,8 +110,8 @@ class Tick:
     now: float
 
 
-Event = (ExecutorJoined | Heartbeat | ExecutorLost | JobSubmitted | TaskSucceeded | TaskFailed
-         | FetchFailed | JobCancelled | Tick)
+Event = (ExecutorJoined | Heartbeat | ExecutorLost | JobSubmitted | StagesAdded | TaskSucceeded
+         | TaskFailed | FetchFailed | JobCancelled | Tick)
 
 
 # -- actions ----------------------------------------------------------------------------
@@ -136,7 +146,14 @@ class JobFinished:
     results: tuple[OutputLocation, ...] = ()
 
 
-Action = LaunchTask | CancelTask | JobFinished
+@dataclass(frozen=True)
+class StagesDone:
+    """Every stage of a job submitted with more to come is done: plan the rest."""
+
+    job: JobId
+
+
+Action = LaunchTask | CancelTask | JobFinished | StagesDone
 
 
 # -- state ------------------------------------------------------------------------------
@@ -181,6 +198,7 @@ class _Job:
     state: JobState = JobState.RUNNING
     # Since when it has waited with no executor at all: each job gets the whole grace.
     stranded_since: float | None = None
+    more: bool = False  # more stages to come after `final`
 
 
 @dataclass
@@ -248,8 +266,10 @@ class Coordinator:
                     self._executors[executor].last_seen = now
             case ExecutorLost(executor):
                 self._lose(executor, actions)
-            case JobSubmitted(job, stages, now):
-                self._submit(job, stages, now)
+            case JobSubmitted(job, stages, now, more):
+                self._submit(job, stages, now, more)
+            case StagesAdded(job, stages, more):
+                self._add_stages(job, stages, more)
             case TaskSucceeded(attempt, executor):
                 self._succeeded(attempt, executor, actions)
             case TaskFailed(attempt, executor, reason, fatal):
@@ -264,13 +284,20 @@ class Coordinator:
         return actions
 
     # -- events -----------------------------------------------------------------------
-    def _submit(self, job: JobId, specs: tuple[StageSpec, ...], now: float) -> None:
-        stages = {
-            spec.stage: _Stage(spec, tasks=[_Task(p) for p in range(spec.partitions)])
-            for spec in specs
-        }
-        self._jobs[job] = _Job(job, stages, specs[-1].stage,
+    def _submit(self, job: JobId, specs: tuple[StageSpec, ...], now: float, more: bool
+                ) -> None:
+        self._jobs[job] = _Job(job, {}, specs[-1].stage,
                                stranded_since=None if self._executors else now)
+        self._add_stages(job, specs, more)
+
+    def _add_stages(self, job_id: JobId, specs: tuple[StageSpec, ...], more: bool) -> None:
+        job = self._jobs.get(job_id)
+        if job is None or job.state is not JobState.RUNNING:
+            return
+        for spec in specs:
+            job.stages[spec.stage] = _Stage(spec, tasks=[_Task(p) for p in range(spec.partitions)])
+        job.final = specs[-1].stage
+        job.more = more
 
     def _current(
         self, attempt: TaskAttempt, executor: ExecutorId
@@ -301,7 +328,9 @@ class Coordinator:
         task.done_in = stage.attempt
         self._free(executor)
         final = job.stages[job.final]
-        if final.complete():
+        if final.complete() and job.more:
+            actions.append(StagesDone(job.id))
+        elif final.complete():
             job.state = JobState.SUCCEEDED
             actions.append(JobFinished(job.id, JobState.SUCCEEDED, results=final.outputs()))
             self._retire(job)
