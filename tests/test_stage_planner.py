@@ -212,3 +212,23 @@ def test_adaptive_planning_broadcasts_a_join_input_found_small(engine: SqlEngine
     assert lineitem.output == probe.output
     # Broadcast off: nothing to learn, so no probe.
     assert resolve_distributed(engine, text, "tpch", None, 4, 0).plan({}).probe is None
+
+
+def test_adaptive_planning_reduces_the_other_input_of_a_semi_join(engine: SqlEngine) -> None:
+    """A semi join's left input cannot be broadcast (each task would keep its rows once
+    per task that matches), but found small it filters the right input before that is
+    shuffled: the lineitem stage semi-joins the probe's keys, read whole there."""
+    text = ("SELECT count(*) FROM orders WHERE o_orderdate < DATE '1993-01-01' AND EXISTS "
+            "(SELECT 1 FROM lineitem WHERE l_orderkey = o_orderkey AND l_quantity > 10)")
+    query = resolve_distributed(engine, text, "tpch", None, 4, 1000)
+    probe = query.plan({}).stages[-1]
+    assert [s.table for s in probe.scans] == ["tpch.orders"]
+    reduced = query.plan({probe.stage: 1000})
+    lineitem = next(s for s in reduced.stages if s.scans and s.scans[0].table == "tpch.lineitem")
+    assert lineitem.whole_inputs == {probe.stage} and "join" in lineitem.summary
+    join = next(s for s in reduced.stages if lineitem.stage in s.inputs)
+    assert probe.stage in join.inputs and not join.whole_inputs
+    # Found large, the lineitem rows are shuffled as they are.
+    plain = query.plan({probe.stage: 1001})
+    lineitem = next(s for s in plain.stages if s.scans and s.scans[0].table == "tpch.lineitem")
+    assert not lineitem.inputs and "join" not in lineitem.summary

@@ -496,22 +496,26 @@ def _visit_join(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, _Dist
         join.right.CopyFrom(right)
         return rel, _joined(join, left_width, None, right_dist)
     left_keys, right_keys = _co_partition_keys(cut, pairs, left_dist, right_dist)
-    probe = _probe_side(cut, join.type, (left, left_dist, left_keys),
-                        (right, right_dist, right_keys))
-    if probe == "left":
-        join.left.CopyFrom(_hash(cut, left, left_dist, left_keys))
-        if _probed_small(cut, join.left):
-            join.right.CopyFrom(right)
-            return rel, _joined(join, left_width, None, right_dist)
-    if probe == "right":
-        join.right.CopyFrom(_hash(cut, right, right_dist, right_keys))
-        if _probed_small(cut, join.right):
-            join.left.CopyFrom(left)
-            return rel, _joined(join, left_width, left_dist, None)
-    if probe != "left":
-        join.left.CopyFrom(_hash(cut, left, left_dist, left_keys))
-    if probe != "right":
-        join.right.CopyFrom(_hash(cut, right, right_dist, right_keys))
+    sides = {"left": (left, left_dist, left_keys), "right": (right, right_dist, right_keys)}
+    probe = _probe_side(cut, join.type, sides)
+    hashed: dict[str, algebra_pb2.Rel] = {}
+    if probe is not None:
+        other = "right" if probe == "left" else "left"
+        probed = hashed[probe] = _hash(cut, *sides[probe])
+        if _probed_small(cut, probed):
+            if join.type in (_BROADCAST_LEFT if probe == "left" else _BROADCAST_RIGHT):
+                cut.whole_reads.add(probed.read.named_table.names[-1])
+                getattr(join, probe).CopyFrom(probed)
+                getattr(join, other).CopyFrom(sides[other][0])
+                kept = sides[other][1]
+                return rel, (_joined(join, left_width, None, kept) if probe == "left"
+                             else _joined(join, left_width, kept, None))
+            # Not to be broadcast, but the other input's rows without a match here
+            # never reach the output: only those with a match are shuffled.
+            hashed[other] = _hash_reduced(cut, sides[other], probed, pairs, probe == "left",
+                                          join.expression)
+    join.left.CopyFrom(hashed.get("left") or _hash(cut, left, left_dist, left_keys))
+    join.right.CopyFrom(hashed.get("right") or _hash(cut, right, right_dist, right_keys))
     return rel, _joined(join, left_width, _hashed_on(cut, left_keys),
                         _hashed_on(cut, right_keys))
 
@@ -583,22 +587,17 @@ _REDUCING = ("filter", "join", "aggregate", "fetch")
 _Side = tuple[algebra_pb2.Rel, _Dist, tuple[int, ...]]
 
 
-def _probe_side(cut: _Cut, join_type: int, left: _Side, right: _Side) -> str | None:
-    """The join input to run first and measure, in adaptive planning: one that may be
-    broadcast, reduces its rows, and needs a shuffle, as the other input does (else
-    broadcasting saves nothing); the smaller by estimate if both qualify."""
-    if cut.observed is None or cut.broadcast_limit <= 0:
+def _probe_side(cut: _Cut, join_type: int, sides: dict[str, _Side]) -> str | None:
+    """The join input to run first and measure, in adaptive planning: one that reduces
+    its rows, when both inputs need a shuffle (else knowing saves nothing) and the join
+    lets one side be broadcast or the other reduced; the smaller by estimate."""
+    if (cut.observed is None or cut.broadcast_limit <= 0
+            or join_type not in _BROADCAST_LEFT | _BROADCAST_RIGHT
+            or any(_hash_kept(cut, dist, keys) for _, dist, keys in sides.values())):
         return None
-    sides = {"left": left, "right": right}
-    needs_shuffle = {name: not _hash_kept(cut, dist, keys)
-                     for name, (_, dist, keys) in sides.items()}
-    sizes = {name: _estimated_bytes(cut, rel) for name, (rel, _, _) in sides.items()}
-    candidates = [
-        name for name, types in (("right", _BROADCAST_RIGHT), ("left", _BROADCAST_LEFT))
-        if join_type in types and all(needs_shuffle.values())
-        and _reduces(sides[name][0])
-    ]
-    return min(candidates, key=lambda name: _or_max(sizes[name]), default=None)
+    candidates = [name for name, (rel, _, _) in sides.items() if _reduces(rel)]
+    return min(candidates, key=lambda name: _or_max(_estimated_bytes(cut, sides[name][0])),
+               default=None)
 
 
 def _or_max(size: int | None) -> int:
@@ -606,18 +605,46 @@ def _or_max(size: int | None) -> int:
 
 
 def _probed_small(cut: _Cut, probed: algebra_pb2.Rel) -> bool:
-    """Whether the probe stage `probed` reads wrote at most the broadcast limit (it is
-    then read whole by every task); stops planning if it has not run yet."""
+    """Whether the probe stage `probed` reads wrote at most the broadcast limit; stops
+    planning if it has not run yet."""
     assert cut.observed is not None
     name = probed.read.named_table.names[-1]
     stage = StageId(int(name.removeprefix(_INPUT_PREFIX)))
     written = cut.observed.get(stage)
     if written is None:
         raise _Probe(stage)
-    if written > cut.broadcast_limit:
-        return False
+    return written <= cut.broadcast_limit
+
+
+def _hash_reduced(cut: _Cut, side: _Side, probed: algebra_pb2.Rel,
+                  pairs: list[tuple[int, int]], probe_is_left: bool,
+                  condition: algebra_pb2.Expression) -> algebra_pb2.Rel:
+    """`side` hashed after a semi join with the small probe's keys, read whole there
+    (or plainly hashed where the keys compare NULLs as equal or differ in type)."""
+    rel, dist, keys = side
+    name = probed.read.named_table.names[-1]
+    probe_schema = next(s.schema for s in cut.stages if input_name(s.stage) == name)
+    schema = _schema_of(cut, _stage_plan(cut.plan, rel, None))
+    matched = [(right, left) if probe_is_left else (left, right) for left, right in pairs]
+    if (any(cut.functions.get(m.scalar_function.function_reference) == "is_not_distinct_from"
+            for m in _messages(condition) if isinstance(m, algebra_pb2.Expression))
+            or any(plain_type(schema.field(mine).type) != probe_schema.field(theirs).type
+                   for mine, theirs in matched)):
+        return _hash(cut, rel, dist, keys)
+    reduced = algebra_pb2.Rel()
+    reduced.join.type = _J.JOIN_TYPE_LEFT_SEMI
+    reduced.join.left.CopyFrom(rel)
+    reduced.join.right.CopyFrom(probed)
+    equalities = [_call(cut, "equal", [_field(mine), _field(len(schema) + theirs)])
+                  for mine, theirs in matched]
+    reduced.join.expression.CopyFrom(
+        equalities[0] if len(equalities) == 1 else _call(cut, "and", equalities))
+    # Read whole in the reducing stage only; the join itself reads its own partition.
     cut.whole_reads.add(name)
-    return True
+    try:
+        return _hash(cut, reduced, dist, keys)
+    finally:
+        cut.whole_reads.discard(name)
 
 
 def _reduces(rel: algebra_pb2.Rel) -> bool:
