@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
 import pyarrow as pa
@@ -51,6 +52,13 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+# Threads that drain a plan's output partitions, kept between requests: a new thread's
+# first DataFusion stream costs a few milliseconds (measured: 5 ms to run a 25-row
+# aggregate over two new threads, 0.7 ms over pooled ones).
+_DRAINERS = 64
+_drainers = ThreadPoolExecutor(max_workers=_DRAINERS, thread_name_prefix="partition")
+
+
 def _partition_batches(ctx: SessionContext, plan: ExecutionPlan) -> Iterator[pa.RecordBatch]:
     """Every output partition's batches; partitions run at once, as DataFusion would."""
     count = plan.partition_count
@@ -59,26 +67,43 @@ def _partition_batches(ctx: SessionContext, plan: ExecutionPlan) -> Iterator[pa.
             yield batch.to_pyarrow()
         return
     results: queue.Queue[pa.RecordBatch | BaseException | None] = queue.Queue(maxsize=2 * count)
+    abandoned = threading.Event()  # the reader stopped (an error): pooled threads return
+
+    def put(item: pa.RecordBatch | BaseException | None) -> bool:
+        while not abandoned.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def run(partition: int) -> None:
         try:
             for batch in ctx.execute(plan, partition):
-                results.put(batch.to_pyarrow())
-            results.put(None)
+                if not put(batch.to_pyarrow()):
+                    return
+            put(None)
         except BaseException as exc:
-            results.put(exc)
+            put(exc)
 
     for partition in range(count):
-        threading.Thread(target=run, args=(partition,), daemon=True).start()
+        if count <= _DRAINERS:
+            _drainers.submit(run, partition)
+        else:  # every partition must run at once: a pool this small could stall
+            threading.Thread(target=run, args=(partition,), daemon=True).start()
     running = count
-    while running:
-        item = results.get()
-        if item is None:
-            running -= 1
-        elif isinstance(item, BaseException):
-            raise item
-        else:
-            yield item
+    try:
+        while running:
+            item = results.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        abandoned.set()
 
 
 def _run(kind: bytes, payload: bytes, out: IO[bytes]) -> None:

@@ -94,6 +94,9 @@ CANCEL_TASK = "krishiv.task.cancel"
 METRICS = "krishiv.coordinator.metrics"  # JSON counters, for operators and tests
 
 _SQL_STAGE = StageId(0)  # the one stage of a query that runs whole
+_ADAPTIVE_NOTE = ("Run-time sizes may change this plan: a join input that filters, joins or "
+                  "aggregates runs first and, if small, is broadcast or filters the other "
+                  "input (EXPLAIN ANALYZE shows the plan that ran)")
 _EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(ANALYZE\s+)?(?:VERBOSE\s+)?", re.IGNORECASE)
 # Runs of a job whose result partitions are lost before it gives up.
 _RESULT_ATTEMPTS = 3
@@ -245,8 +248,8 @@ class _Job:
 
 
 def _explain_row(schema: pa.Schema, plan_type: str, stage_plan: StagePlan | None,
-                 reason: str, metrics: dict[tuple[StageId, int], _TaskMetrics]
-                 ) -> pa.RecordBatch:
+                 reason: str, metrics: dict[tuple[StageId, int], _TaskMetrics],
+                 note: str = "") -> pa.RecordBatch:
     """The distributed plan as an EXPLAIN row, with per-stage metrics after a run."""
     if stage_plan is None:
         text = f"Stage {_SQL_STAGE}: 1 task runs the whole query ({reason})"
@@ -262,7 +265,7 @@ def _explain_row(schema: pa.Schema, plan_type: str, stage_plan: StagePlan | None
                     f"{sum(m.fetched_bytes for m in tasks)} bytes fetched from other "
                     "executors, "
                     f"{sum(m.seconds for m in tasks):.3f} s in tasks")
-        text = stage_plan.explain(notes)
+        text = stage_plan.explain(notes) + (f"\n{note}" if note else "")
     return pa.record_batch([pa.array([plan_type]), pa.array([text])], schema=schema)
 
 
@@ -428,7 +431,8 @@ class CoordinatorService:
         if explain.group(1) is None:  # plain EXPLAIN: plans only, nothing runs
             stage_plan, reason = self._static_plan(planned, reason)
             yield from self._engine_stream(query, is_cancelled)
-            yield _explain_row(query.schema, "distributed_plan", stage_plan, reason, {})
+            note = _ADAPTIVE_NOTE if stage_plan is not None and self._adaptive(planned) else ""
+            yield _explain_row(query.schema, "distributed_plan", stage_plan, reason, {}, note)
             return
         with self._run_job(query, text, planned, is_cancelled) as (record, _):
             yield _explain_row(query.schema, "distributed_plan_with_metrics", record.plan,
@@ -512,6 +516,16 @@ class CoordinatorService:
             return planned.plan(), ""
         except EngineError as exc:
             return None, str(exc)
+
+    @staticmethod
+    def _adaptive(planned: DistributedQuery | None) -> bool:
+        """Whether run-time sizes may change the plan EXPLAIN shows."""
+        if planned is None:
+            return False
+        try:
+            return planned.plan({}).probe is not None
+        except EngineError:
+            return False
 
     def _execute(self, query: PlannedQuery, text: str, planned: DistributedQuery | None,
                  is_cancelled: Callable[[], bool]) -> tuple[JobId, JobFinished]:

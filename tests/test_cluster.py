@@ -109,8 +109,12 @@ def test_join_inputs_found_small_are_broadcast(demo_warehouse: Path, tmp_path: P
                 cur.execute(texts[number])
                 assert as_multiset(cur.fetchall()) == as_multiset(
                     duck.execute(texts[number]).fetchall()), f"q{number}"
+            cur.execute("EXPLAIN " + texts[5])
+            planned = dict(cur.fetchall())["distributed_plan"]
             cur.execute("EXPLAIN ANALYZE " + texts[5])
             plan = dict(cur.fetchall())["distributed_plan_with_metrics"]
+        assert planned.endswith("(EXPLAIN ANALYZE shows the plan that ran)")
+        assert "(whole)" not in planned
         # The filtered orders (2,303 rows) and their join with customers each ran first
         # and were read whole; lineitem is read in the join's own stage.
         assert re.search(r"Stage 2: .* reads stage 1 \(whole\), tpch.customer", plan), plan
