@@ -94,7 +94,7 @@ CANCEL_TASK = "krishiv.task.cancel"
 METRICS = "krishiv.coordinator.metrics"  # JSON counters, for operators and tests
 
 _SQL_STAGE = StageId(0)  # the one stage of a query that runs whole
-_ADAPTIVE_NOTE = ("Run-time sizes may change this plan: a join input that filters, joins or "
+_ADAPTIVE_NOTE = ("Run-time sizes may change this plan: a join input that filters or "
                   "aggregates runs first and, if small, is broadcast or filters the other "
                   "input (EXPLAIN ANALYZE shows the plan that ran)")
 _EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(ANALYZE\s+)?(?:VERBOSE\s+)?", re.IGNORECASE)

@@ -97,8 +97,8 @@ REUSED_PARTITIONING = [
 
 def test_join_inputs_found_small_are_broadcast(demo_warehouse: Path, tmp_path: Path,
                                                duck: duckdb.DuckDBPyConnection) -> None:
-    """Adaptive broadcast: with a limit below most tables' files, a filtered or joined
-    join input runs first, and if it wrote at most the limit every join task reads all
+    """Adaptive broadcast: with a limit below most tables' files, a join input that
+    filters runs first, and if it wrote at most the limit every join task reads all
     its partitions (here over Flight) while the other input is not shuffled."""
     args = ["--executors", "2", "--default-schema", "tpch", "--broadcast-limit", "64K"]
     texts = tpch_queries(duck)

@@ -204,11 +204,12 @@ def plan_stages(
     input that reads at most `broadcast_limit` bytes of files is broadcast.
 
     With `observed` (adaptive planning), a join of two inputs too big to broadcast by
-    their files, one of which filters, joins or aggregates its rows, is planned in two
+    their files, one of which filters or aggregates its rows, is planned in two
     steps: the plan returned ends at that input's stage (`probe`); once it has run, plan
     again with its output size in `observed`: at most `broadcast_limit` bytes, it is
-    broadcast and the other input is not shuffled at all. The stages before the probe
-    come out the same each time.
+    broadcast and the other input is not shuffled at all (or, where the join cannot
+    broadcast it, the other input is first reduced to rows with matching keys). The
+    stages before the probe come out the same each time.
     """
     plan = plan_pb2.Plan.FromString(plan_bytes)
     functions = {
@@ -583,21 +584,24 @@ def _broadcast_side(cut: _Cut, join_type: int, left: algebra_pb2.Rel, right: alg
 
 
 # -- adaptive broadcast -----------------------------------------------------------------
-_REDUCING = ("filter", "join", "aggregate", "fetch")
+_REDUCING = ("filter", "aggregate", "fetch")  # a join alone may keep every row (a foreign key)
 _Side = tuple[algebra_pb2.Rel, _Dist, tuple[int, ...]]
 
 
 def _probe_side(cut: _Cut, join_type: int, sides: dict[str, _Side]) -> str | None:
     """The join input to run first and measure, in adaptive planning: one that reduces
     its rows, when both inputs need a shuffle (else knowing saves nothing) and the join
-    lets one side be broadcast or the other reduced; the smaller by estimate."""
+    lets one side be broadcast or the other reduced; the smaller by estimate. The other
+    input must read more than the broadcast limit: a small one costs little to shuffle,
+    less than running the two inputs one after the other (TPC-H q13)."""
     if (cut.observed is None or cut.broadcast_limit <= 0
             or join_type not in _BROADCAST_LEFT | _BROADCAST_RIGHT
             or any(_hash_kept(cut, dist, keys) for _, dist, keys in sides.values())):
         return None
-    candidates = [name for name, (rel, _, _) in sides.items() if _reduces(rel)]
-    return min(candidates, key=lambda name: _or_max(_estimated_bytes(cut, sides[name][0])),
-               default=None)
+    sizes = {name: _or_max(_estimated_bytes(cut, rel)) for name, (rel, _, _) in sides.items()}
+    candidates = [name for name, (rel, _, _) in sides.items() if _reduces(cut, rel)
+                  and sizes["right" if name == "left" else "left"] > cut.broadcast_limit]
+    return min(candidates, key=lambda name: sizes[name], default=None)
 
 
 def _or_max(size: int | None) -> int:
@@ -647,13 +651,17 @@ def _hash_reduced(cut: _Cut, side: _Side, probed: algebra_pb2.Rel,
         cut.whole_reads.discard(name)
 
 
-def _reduces(rel: algebra_pb2.Rel) -> bool:
-    """Whether `rel` may output far fewer bytes than it reads: it filters, joins or
-    aggregates (within its own stage: reads of other stages end the walk)."""
+def _reduces(cut: _Cut, rel: algebra_pb2.Rel) -> bool:
+    """Whether `rel` may output far fewer bytes than it reads: it filters or aggregates,
+    itself or below its joins, or joins a probe found small (within its stage: reads of
+    other stages end the walk)."""
     kind = rel.WhichOneof("rel_type")
     if kind in _REDUCING:
         return True
-    return any(_reduces(child) for child in _children(rel))
+    if kind == "read":
+        names = rel.read.named_table.names
+        return bool(names) and names[-1] in cut.whole_reads
+    return any(_reduces(cut, child) for child in _children(rel))
 
 
 def _estimated_bytes(cut: _Cut, rel: Message) -> int | None:
