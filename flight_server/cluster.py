@@ -50,7 +50,7 @@ from engine.distributed.shuffle import (
     write_arrow_file,
 )
 from engine.distributed.stage_task import StageTask
-from engine.distributed.stages import DistributedQuery, resolve_distributed
+from engine.distributed.stages import DistributedQuery, ResolvedQueries
 from engine.distributed.state import (
     Action,
     CancelTask,
@@ -282,6 +282,7 @@ class CoordinatorService:
         self._broadcast_limit = broadcast_limit
         self.direct_results = direct_results
         self._engine = engine
+        self._resolved = ResolvedQueries()
         self._partitions = partitions
         self._machine = Coordinator(settings)
         self._lock = threading.Lock()
@@ -500,9 +501,9 @@ class CoordinatorService:
         if self._engine is None:
             return None, "this coordinator has no stage planner"
         try:
-            return resolve_distributed(self._engine, text, query.default_schema,
-                                       query.parameters, self._partitions,
-                                       self._broadcast_limit), ""
+            return self._resolved.resolve(self._engine, text, query.default_schema,
+                                          query.parameters, self._partitions,
+                                          self._broadcast_limit), ""
         except EngineError as exc:
             return None, str(exc)
 

@@ -11,7 +11,13 @@ import pytest
 from catalog import IcebergCatalog
 from engine import EngineConfig, SqlEngine
 from engine.distributed.planner import ExchangeKind, StagePlan
-from engine.distributed.stages import NotDistributable, plan_distributed, resolve_distributed
+from engine.distributed.stages import (
+    DistributedQuery,
+    NotDistributable,
+    ResolvedQueries,
+    plan_distributed,
+    resolve_distributed,
+)
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +238,25 @@ def test_adaptive_planning_reduces_the_other_input_of_a_semi_join(engine: SqlEng
     plain = query.plan({probe.stage: 1001})
     lineitem = next(s for s in plain.stages if s.scans and s.scans[0].table == "tpch.lineitem")
     assert not lineitem.inputs and "join" not in lineitem.summary
+
+
+def test_resolved_queries_are_kept_until_their_tables_change(engine: SqlEngine) -> None:
+    resolved = ResolvedQueries()
+
+    def resolve(text: str) -> DistributedQuery:
+        return resolved.resolve(engine, text, "tpch", None, 4, 0)
+
+    text = "SELECT k, count(*) FROM public.scratch_rows GROUP BY k"
+    session = engine.session()
+    session.execute("CREATE TABLE public.scratch_rows (k BIGINT)")
+    session.execute("INSERT INTO public.scratch_rows VALUES (1), (2)")
+    first = resolve(text)
+    assert resolve(text) is first
+    files = first.plan().stages[0].scans[0].files
+    session.execute("INSERT INTO public.scratch_rows VALUES (3)")
+    changed = resolve(text)
+    assert changed is not first
+    assert len(changed.plan().stages[0].scans[0].files) == len(files) + 1
+    # The clock is read when planning: such queries are never kept.
+    clocked = "SELECT k FROM public.scratch_rows WHERE now() > TIMESTAMP '2000-01-01'"
+    assert resolve(clocked) is not resolve(clocked)

@@ -3,8 +3,11 @@ of its tables' current snapshots (engine.distributed.stage_task runs one task of
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -39,16 +42,69 @@ class DistributedQuery:
     tables: Callable[[list[str]], TableFiles]
     partitions: int
     broadcast_limit: int
+    # The cut is deterministic: the first plans made (from no sizes, or before a probe).
+    _plans: dict[tuple[tuple[StageId, int], ...] | None, StagePlan] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def plan(self, observed: dict[StageId, int] | None = None) -> StagePlan:
         """The stages; with `observed`, adaptively (see plan_stages)."""
+        key = None if observed is None else tuple(sorted(observed.items()))
+        made = self._plans.get(key)
+        if made is not None:
+            return made  # only first plans are kept: later sizes differ from run to run
         try:
-            return plan_stages(self.substrait, base_context(self.config), self.tables,
+            made = plan_stages(self.substrait, base_context(self.config), self.tables,
                                self.partitions, _empty_table, self.broadcast_limit, observed)
         except NotDistributable:
             raise
         except Exception as exc:
             raise NotDistributable(f"the stage planner failed ({_first_line(exc)})") from None
+        if not key:
+            self._plans[key] = made
+        return made
+
+
+# Planning fixes these functions' values (DataFusion folds them into constants): a query
+# that may mention one is resolved afresh each time.
+_FIXED_AT_PLANNING = re.compile(
+    r"\b(now|today|current_date|current_time|current_timestamp|localtime|localtimestamp)\b",
+    re.IGNORECASE)
+_RESOLVED_KEPT = 256
+
+
+class ResolvedQueries:
+    """Queries resolved and cut before, by their text and their tables' snapshot files:
+    a query repeated over unchanged tables skips SQL planning, Substrait and its first
+    cut. Queries with parameters, that may read the clock, or that read anything but
+    catalog tables are resolved each time."""
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[Hashable, DistributedQuery] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def resolve(self, engine: SqlEngine, text: str, default_schema: str,
+                parameters: pa.RecordBatch | None, partitions: int, broadcast_limit: int
+                ) -> DistributedQuery:
+        found = _snapshot_files(engine, text, default_schema)
+        if (parameters is not None or _FIXED_AT_PLANNING.search(text) or not found
+                or len(found) != len(referenced_tables(text, default_schema))):
+            # (A name that is not a catalog table, as information_schema's, has no
+            # snapshot to tell a changed answer by; nor has text the parser missed.)
+            return _resolve(engine, text, default_schema, parameters, partitions,
+                            broadcast_limit, found)
+        key = (text, default_schema, partitions, broadcast_limit, tuple(found.items()))
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is not None:
+                self._kept.move_to_end(key)
+                return kept
+        resolved = _resolve(engine, text, default_schema, None, partitions, broadcast_limit,
+                            found)
+        with self._lock:
+            self._kept[key] = resolved
+            while len(self._kept) > _RESOLVED_KEPT:
+                self._kept.popitem(last=False)
+        return resolved
 
 
 def plan_distributed(engine: SqlEngine, text: str, default_schema: str,
@@ -64,7 +120,13 @@ def resolve_distributed(engine: SqlEngine, text: str, default_schema: str,
                         parameters: pa.RecordBatch | None, partitions: int,
                         broadcast_limit: int = 0) -> DistributedQuery:
     """The query `text` over the current snapshots of its tables, as Substrait."""
-    found = _snapshot_files(engine, text, default_schema)
+    return _resolve(engine, text, default_schema, parameters, partitions, broadcast_limit,
+                    _snapshot_files(engine, text, default_schema))
+
+
+def _resolve(engine: SqlEngine, text: str, default_schema: str,
+             parameters: pa.RecordBatch | None, partitions: int, broadcast_limit: int,
+             found: dict[TableIdent, TableFiles]) -> DistributedQuery:
     config = engine.config
     ctx = base_context(config, (config.catalog_name, default_schema))
     resolved = {ident: _scan_table(engine, files) for ident, files in found.items()}
