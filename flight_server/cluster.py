@@ -572,7 +572,8 @@ class CoordinatorService:
 
     def _written(self, job: JobId, stage: StageId) -> int:
         """The bytes a finished stage's tasks wrote."""
-        return sum(m.bytes for (s, _), m in self._jobs[job].metrics.items() if s == stage)
+        metrics = list(self._jobs[job].metrics.items())  # reports may still come in
+        return sum(m.bytes for (s, _), m in metrics if s == stage)
 
     def _extend(self, job: JobId, submitted: StagePlan, following: StagePlan) -> None:
         """Add the stages `following` plans after those already `submitted`."""
