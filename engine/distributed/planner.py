@@ -124,6 +124,11 @@ def input_name(stage: StageId) -> str:
     return f"{_INPUT_PREFIX}{stage}"
 
 
+def _input_stage(name: str) -> StageId:
+    """The stage whose output the input `name` (from input_name) reads."""
+    return StageId(int(name.removeprefix(_INPUT_PREFIX)))
+
+
 def exchange_schema(schema: pa.Schema) -> pa.Schema:
     """Exchanged data: columns by position (c0, c1...), all nullable, plain types."""
     return pa.schema([pa.field(f"c{i}", plain_type(f.type)) for i, f in enumerate(schema)])
@@ -613,7 +618,7 @@ def _probed_small(cut: _Cut, probed: algebra_pb2.Rel) -> bool:
     planning if it has not run yet."""
     assert cut.observed is not None
     name = probed.read.named_table.names[-1]
-    stage = StageId(int(name.removeprefix(_INPUT_PREFIX)))
+    stage = _input_stage(name)
     written = cut.observed.get(stage)
     if written is None:
         raise _Probe(stage)
@@ -627,7 +632,7 @@ def _hash_reduced(cut: _Cut, side: _Side, probed: algebra_pb2.Rel,
     (or plainly hashed where the keys compare NULLs as equal or differ in type)."""
     rel, dist, keys = side
     name = probed.read.named_table.names[-1]
-    probe_schema = next(s.schema for s in cut.stages if input_name(s.stage) == name)
+    probe_schema = next(s.schema for s in cut.stages if s.stage == _input_stage(name))
     schema = _schema_of(cut, _stage_plan(cut.plan, rel, None))
     matched = [(right, left) if probe_is_left else (left, right) for left, right in pairs]
     if (any(cut.functions.get(m.scalar_function.function_reference) == "is_not_distinct_from"
@@ -667,26 +672,29 @@ def _reduces(cut: _Cut, rel: algebra_pb2.Rel) -> bool:
 def _estimated_bytes(cut: _Cut, rel: Message) -> int | None:
     """The bytes `rel` reads: its tables' files and the outputs (measured, or else
     estimated alike) of the stages it reads; None where unknown."""
-    total = 0
-    for name in _named_reads(rel):
-        scan = cut.scans.get(name)
-        size = (scan.bytes if scan is not None
-                else cut.estimates.get(StageId(int(name.removeprefix(_INPUT_PREFIX)))))
-        if size is None:
-            return None
-        total += size
-    return total
+    return _bytes_read(cut, rel, cut.estimates)
 
 
 def _input_bytes(cut: _Cut, rel: Message) -> int | None:
     """The bytes of files `rel` (or an expression) reads; None if unknown or it reads
     another stage."""
+    return _bytes_read(cut, rel, {})
+
+
+def _bytes_read(cut: _Cut, rel: Message, stage_bytes: dict[StageId, int | None]
+                ) -> int | None:
     total = 0
     for name in _named_reads(rel):
         scan = cut.scans.get(name)
-        if scan is None or scan.bytes is None:
+        if scan is not None:
+            size = scan.bytes
+        elif name.startswith(_INPUT_PREFIX):
+            size = stage_bytes.get(_input_stage(name))
+        else:
+            return None  # a name the cut did not bind
+        if size is None:
             return None
-        total += scan.bytes
+        total += size
     return total
 
 
@@ -754,7 +762,7 @@ def _add_stage(cut: _Cut, plan: plan_pb2.Plan, rel: algebra_pb2.Rel, tasks: int,
             if name in cut.scans:
                 scans.append(cut.scans[name])
             else:
-                inputs.append(StageId(int(name.removeprefix(_INPUT_PREFIX))))
+                inputs.append(_input_stage(name))
     summary = ", ".join(k for k in dict.fromkeys(reversed(kinds)) if k not in ("read", "project"))
     whole = frozenset(i for i in inputs if input_name(i) in cut.whole_reads)
     cut.stages.append(StageDef(stage, tasks, plan.SerializeToString(), tuple(inputs), output,

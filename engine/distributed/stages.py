@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -85,9 +85,10 @@ class ResolvedQueries:
     def resolve(self, engine: SqlEngine, text: str, default_schema: str,
                 parameters: pa.RecordBatch | None, partitions: int, broadcast_limit: int
                 ) -> DistributedQuery:
-        found = _snapshot_files(engine, text, default_schema)
+        referenced = referenced_tables(text, default_schema)
+        found = _snapshot_files(engine, referenced)
         if (parameters is not None or _FIXED_AT_PLANNING.search(text) or not found
-                or len(found) != len(referenced_tables(text, default_schema))):
+                or len(found) != len(referenced)):
             # (A name that is not a catalog table, as information_schema's, has no
             # snapshot to tell a changed answer by; nor has text the parser missed.)
             return _resolve(engine, text, default_schema, parameters, partitions,
@@ -121,7 +122,7 @@ def resolve_distributed(engine: SqlEngine, text: str, default_schema: str,
                         broadcast_limit: int = 0) -> DistributedQuery:
     """The query `text` over the current snapshots of its tables, as Substrait."""
     return _resolve(engine, text, default_schema, parameters, partitions, broadcast_limit,
-                    _snapshot_files(engine, text, default_schema))
+                    _snapshot_files(engine, referenced_tables(text, default_schema)))
 
 
 def _resolve(engine: SqlEngine, text: str, default_schema: str,
@@ -156,10 +157,10 @@ def _empty_table(schema: pa.Schema) -> Table:
     return Table(ds.dataset(schema.empty_table()))
 
 
-def _snapshot_files(engine: SqlEngine, text: str, default_schema: str
+def _snapshot_files(engine: SqlEngine, referenced: Iterable[TableIdent]
                     ) -> dict[TableIdent, TableFiles]:
     found = {}
-    for ident in referenced_tables(text, default_schema):
+    for ident in referenced:
         try:
             scan = engine.catalog.scan(ident)
         except (TableNotFound, NamespaceNotFound):
