@@ -138,6 +138,11 @@ def test_parameters_and_writes_with_executors(cluster: RunningServer) -> None:
         cur.execute("CREATE TABLE public.cluster_t AS SELECT r_regionkey FROM region")
         cur.execute("SELECT count(*) FROM public.cluster_t")
         assert cur.fetchall() == [(5,)]
+        # The same text again after a write: the coordinator's kept plan must not serve
+        # the old snapshot's files.
+        cur.execute("INSERT INTO public.cluster_t VALUES (7)")
+        cur.execute("SELECT count(*) FROM public.cluster_t")
+        assert cur.fetchall() == [(6,)]
         cur.execute("DROP TABLE public.cluster_t")
 
 
