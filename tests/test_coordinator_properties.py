@@ -12,6 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from engine.distributed.ids import ExecutorId, JobId, StageId
 from engine.distributed.state import (
     Action,
+    CancelTask,
     Coordinator,
     Event,
     ExecutorJoined,
@@ -59,6 +60,9 @@ class CoordinatorChaos(RuleBasedStateMachine):
                         "inputs on a lost executor")
                 self.launched.append(action)
                 self.running[action.attempt] = action
+            elif isinstance(action, CancelTask):
+                # The machine moved the task on (a new stage attempt): its report is stale.
+                self.running.pop(action.attempt, None)
             elif isinstance(action, JobFinished):
                 assert self.jobs[action.job] is None, "a job finished twice"
                 self.jobs[action.job] = action.state
