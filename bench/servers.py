@@ -23,15 +23,15 @@ class KrishivMode:
 
     executors: int = 0
     separate: bool = False
-    shuffle_partitions: int = 4
+    shuffle_partitions: int | None = None  # None: the server's default
     extra_args: tuple[str, ...] = field(default=())
 
     def describe(self) -> str:
         if not self.executors:
             return "`krishiv serve` (embedded: queries run in its worker processes)"
         how = "started one by one" if self.separate else "of `serve --executors`"
-        return (f"coordinator + {self.executors} executors {how}, "
-                f"{self.shuffle_partitions} shuffle partitions")
+        partitions = self.shuffle_partitions or "the default number of"
+        return f"coordinator + {self.executors} executors {how}, {partitions} shuffle partitions"
 
 
 @contextmanager
@@ -63,7 +63,8 @@ def _start(mode: KrishivMode, warehouse: Path, scale: float, port: int, log_path
     krishiv = krishiv_command()
     common = ["--port", str(port), "--warehouse", str(warehouse), "--default-schema",
               DEMO_NAMESPACE, "--demo", "--demo-scale", f"{scale:g}", *mode.extra_args]
-    cluster = ["--shuffle-partitions", str(mode.shuffle_partitions)]
+    cluster = (["--shuffle-partitions", str(mode.shuffle_partitions)]
+               if mode.shuffle_partitions else [])
     env = {**os.environ, "KRISHIV_EXECUTOR_TASK_BEARER_TOKEN": secrets.token_urlsafe(16)}
     if not mode.executors:
         commands = [[krishiv, "serve", *common]]

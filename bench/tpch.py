@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", default="1-22")
     parser.add_argument("--warehouse", type=Path, default=None)
     parser.add_argument("--executors", type=int, default=2)
-    parser.add_argument("--shuffle-partitions", type=int, default=4)
+    parser.add_argument("--shuffle-partitions", type=int, default=None,
+                        help="the cluster's --shuffle-partitions (default: the server's)")
     parser.add_argument("--separate", action="store_true",
                         help="start `krishiv coordinator` and `krishiv executor` processes "
                              "instead of `krishiv serve --executors N`")

@@ -83,9 +83,11 @@ def main() -> None:
 @click.option("--task-retries", envvar="KRISHIV_TASK_RETRIES", default=4, show_default=True,
               type=click.IntRange(min=1, max=100),
               help="Failures of one task before its query fails (executor loss not counted).")
-@click.option("--shuffle-partitions", envvar="KRISHIV_SHUFFLE_PARTITIONS", default=4,
-              show_default=True, type=click.IntRange(min=1, max=256),
-              help="Partitions of each hash exchange (tasks of each join or group-by stage).")
+@click.option("--shuffle-partitions", envvar="KRISHIV_SHUFFLE_PARTITIONS", default=None,
+              type=click.IntRange(min=1, max=256),
+              help="Partitions of each hash exchange (tasks of each join or group-by stage). "
+                   " [default: the CPU cores of the machines running executors, each "
+                   "machine counted once, at least 2]")
 @click.option("--broadcast-limit", envvar="KRISHIV_BROADCAST_LIMIT", default="10M",
               show_default=True,
               help="A join input reading at most this many bytes of files is sent whole to "
@@ -121,7 +123,7 @@ def serve(
     catalog_properties: tuple[str, ...], demo: bool, demo_scale: float, default_schema: str,
     memory_limit: str | None, query_timeout: float | None, executors: int,
     heartbeat_timeout: float, executor_grace: float, task_retries: int,
-    shuffle_partitions: int,
+    shuffle_partitions: int | None,
     broadcast_limit: str, direct_results: bool, max_concurrent_queries: int | None,
     max_queued_queries: int, max_upload: str,
     tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,

@@ -19,6 +19,7 @@ import signal
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -107,6 +108,8 @@ SHUFFLE_TTL_S = 6 * 3600.0
 SWEEP_EVERY_S = 300.0
 # Tasks an executor runs at once.
 TASK_SLOTS = 2
+# Hash exchanges split into at least this many partitions when sized from the cores.
+MIN_SHUFFLE_PARTITIONS = 2
 # In an executor's work dir: the id of the executor whose shuffle files it holds.
 WORK_DIR_OWNER = ".executor-id"
 # An executor whose coordinator stays unreachable this long stops itself.
@@ -274,7 +277,7 @@ class CoordinatorService:
 
     def __init__(self, executor_token: str | None, settings: Settings | None = None,
                  tick_s: float = 0.5, engine: SqlEngine | None = None,
-                 partitions: int = 4, broadcast_limit: int = 0,
+                 partitions: int | None = None, broadcast_limit: int = 0,
                  direct_results: bool = False, validate_state: bool = False) -> None:
         self._token = executor_token
         self._validate = validate_state
@@ -288,6 +291,7 @@ class CoordinatorService:
         self._lock = threading.Lock()
         self._addresses: dict[ExecutorId, str] = {}
         self._work_dirs: dict[ExecutorId, str] = {}  # of executors that offer in-place reads
+        self._cores: dict[ExecutorId, int] = {}
         self._jobs: dict[JobId, _Job] = {}
         self._shuffle_bytes_fetched = 0  # over all jobs, as executors report it
         self._launcher = ThreadPoolExecutor(max_workers=16, thread_name_prefix="launch")
@@ -306,6 +310,7 @@ class CoordinatorService:
             with self._lock:
                 self._addresses[executor] = address
                 self._work_dirs[executor] = str(message.get("work_dir", ""))
+                self._cores[executor] = max(1, int(message.get("cores", 1)))
             self._handle(ExecutorJoined(executor, int(message.get("slots", 1)), time.monotonic()))
             log.info("executor %s joined at %s", executor, address)
         elif kind == HEARTBEAT:
@@ -353,6 +358,7 @@ class CoordinatorService:
             for executor in lost:
                 self._addresses.pop(executor, None)
                 self._work_dirs.pop(executor, None)
+                self._cores.pop(executor, None)
         for executor in lost:
             log.warning("executor %s lost; its tasks and outputs move elsewhere", executor)
         for action in actions:
@@ -502,10 +508,26 @@ class CoordinatorService:
             return None, "this coordinator has no stage planner"
         try:
             return self._resolved.resolve(self._engine, text, query.default_schema,
-                                          query.parameters, self._partitions,
+                                          query.parameters, self.shuffle_partitions(),
                                           self._broadcast_limit), ""
         except EngineError as exc:
             return None, str(exc)
+
+    def shuffle_partitions(self) -> int:
+        """The configured partitions, else the cores of the machines running executors:
+        executors on one machine share its cores, and more tasks than cores add per-task
+        costs and split work that one stream per core would do anyway."""
+        if self._partitions is not None:
+            return self._partitions
+        with self._lock:
+            per_machine: dict[str, int] = {}
+            for executor, address in self._addresses.items():
+                machine = urllib.parse.urlsplit(address).hostname or address
+                per_machine[machine] = max(per_machine.get(machine, 0),
+                                           self._cores.get(executor, 1))
+        # No executor yet: the ones `serve --executors` starts will share this machine.
+        cores = sum(per_machine.values()) or os.cpu_count() or 1
+        return max(MIN_SHUFFLE_PARTITIONS, cores)
 
     @staticmethod
     def _static_plan(planned: DistributedQuery | None, reason: str
@@ -720,7 +742,7 @@ class ExecutorAgent:
             (self._work_dir / WORK_DIR_OWNER).write_text(self.id)
             work_dir = str(self._work_dir)
         self._call(REGISTER, {"address": self._address, "slots": self._slots,
-                              "work_dir": work_dir})
+                              "cores": self._cores, "work_dir": work_dir})
         self._thread.start()
 
     def _call(self, kind: str, body: dict[str, Any]) -> None:

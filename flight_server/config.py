@@ -53,7 +53,8 @@ class ServerConfig:
     heartbeat_timeout_s: float = 10.0  # an executor silent this long is lost
     no_executor_grace_s: float = 30.0  # queries fail after this long with no executor
     task_retries: int = 4  # failures of one task before its query fails
-    shuffle_partitions: int = 4  # partitions of each hash exchange
+    # Partitions of each hash exchange; None: the cores of the executors' machines.
+    shuffle_partitions: int | None = None
     direct_results: bool = False  # clients fetch results from the executors
     broadcast_limit_bytes: int = 10 * 1024 * 1024  # smaller join inputs are broadcast
     # Tests: check the coordinator's invariants after every event (KRISHIV_VALIDATE_STATE=1).

@@ -19,7 +19,12 @@ import pytest
 
 from catalog import IcebergCatalog
 from engine.distributed.shuffle import RESULT_TICKET_PREFIX
-from flight_server.cluster import WORK_DIR_OWNER
+from flight_server.cluster import (
+    MIN_SHUFFLE_PARTITIONS,
+    REGISTER,
+    WORK_DIR_OWNER,
+    CoordinatorService,
+)
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.protocol import pack
 from tests.conftest import adbc_connect
@@ -37,7 +42,8 @@ def cluster(demo_warehouse: Path, tmp_path_factory: pytest.TempPathFactory
     # No broadcast joins: every join shuffles both inputs, and executors fetch each
     # other's files over Flight (the by-hand cluster below runs with the default limit
     # and reads them in place, so TPC-H is checked both ways).
-    args = ["--executors", "2", "--default-schema", "tpch", "--broadcast-limit", "0"]
+    args = ["--executors", "2", "--default-schema", "tpch", "--broadcast-limit", "0",
+            "--shuffle-partitions", "4"]
     with running_server(demo_warehouse, tmp_path_factory.mktemp("cluster"), args,
                         TOKEN, {"KRISHIV_LOCAL_SHUFFLE_READS": "0"}) as server:
         yield server
@@ -286,11 +292,16 @@ def test_coordinator_with_executors_started_by_hand(
                 cur.execute(texts[number])
                 assert as_multiset(cur.fetchall()) == as_multiset(
                     duck.execute(texts[number]).fetchall()), f"q{number}"
-            # A full join broadcasts neither side: both are shuffled, 4 reducers.
+            # A full join broadcasts neither side: both are shuffled, into as many
+            # partitions as the executors' machine has cores (one machine, counted once).
             shuffled = ("SELECT o_orderpriority, count(l_orderkey) FROM orders "
                         "FULL JOIN lineitem ON o_orderkey = l_orderkey GROUP BY o_orderpriority")
             cur.execute(shuffled)
             assert as_multiset(cur.fetchall()) == as_multiset(duck.execute(shuffled).fetchall())
+            cur.execute(f"EXPLAIN {shuffled}")
+            partitions = max(MIN_SHUFFLE_PARTITIONS, os.cpu_count() or 1)
+            assert dict(cur.fetchall())["distributed_plan"].count(
+                f"into {partitions} partitions") == 2
         assert len(_executors_that_ran_tasks(coordinator)) == 2
         # Same machine: each reads the other's shuffle files in place, not over Flight.
         logs = "".join(e.log() for e in executors)
@@ -430,3 +441,20 @@ def test_executors_refuse_forged_and_unsigned_tickets(direct_cluster: RunningSer
     with pytest.raises(flight.FlightUnauthenticatedError):
         executor.do_get(flight.Ticket(key.encode())).read_all()  # no executor token
     executor.close()
+
+
+def test_default_shuffle_partitions_count_each_machines_cores_once() -> None:
+    coordinator = CoordinatorService(None)
+    try:
+        for executor, address, cores in [("a", "grpc://10.0.0.1:7001", 8),
+                                         ("b", "grpc://10.0.0.1:7002", 8),
+                                         ("c", "grpc://10.0.0.2:7001", 4)]:
+            coordinator.control(REGISTER, json.dumps(
+                {"executor": executor, "address": address, "slots": 2, "cores": cores}
+            ).encode())
+        assert coordinator.shuffle_partitions() == 12  # two machines: 8 + 4 cores
+    finally:
+        coordinator.close()
+    configured = CoordinatorService(None, partitions=5)
+    assert configured.shuffle_partitions() == 5
+    configured.close()
