@@ -142,6 +142,24 @@ def test_lost_map_outputs_are_recomputed_before_reduce_runs() -> None:
     assert {loc.partition for loc in rerun[0].inputs[MAP]} == {0, 1, 2, 3}
 
 
+def test_recomputes_no_longer_needed_are_cancelled_when_the_job_succeeds() -> None:
+    """Reduces that read a map output before its executor died may still finish the job;
+    the tasks recomputing that output are then cancelled and their slots freed."""
+    coordinator = Coordinator()
+    maps = start(coordinator, (A, B, C))
+    reduces = launches(succeed(coordinator, maps))
+    assert A in {m.executor for m in maps} and A not in {r.executor for r in reduces}
+    recomputes = launches(coordinator.handle(ExecutorLost(A)))
+    assert recomputes and all(r.attempt.task.stage == MAP for r in recomputes)
+    actions = succeed(coordinator, reduces)
+    assert finished(actions)[0].state is JobState.SUCCEEDED
+    cancelled = [a.attempt for a in actions if isinstance(a, CancelTask)]
+    assert sorted(cancelled, key=repr) == sorted((r.attempt for r in recomputes), key=repr)
+    coordinator.validate_state()  # no slot still counted for a cancelled task
+    next_job = coordinator.handle(JobSubmitted(JobId("job-2"), (StageSpec(MAP, 4),), now=0.0))
+    assert len(launches(next_job)) == 4  # B and C have both their slots free again
+
+
 def test_fetch_failure_marks_the_source_executor_lost() -> None:
     coordinator = Coordinator()
     maps = start(coordinator)

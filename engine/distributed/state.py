@@ -331,9 +331,8 @@ class Coordinator:
         if final.complete() and job.more:
             actions.append(StagesDone(job.id))
         elif final.complete():
-            job.state = JobState.SUCCEEDED
-            actions.append(JobFinished(job.id, JobState.SUCCEEDED, results=final.outputs()))
-            self._retire(job)
+            # Tasks still recomputing a lost output of an earlier stage are not needed.
+            self._end(job.id, JobState.SUCCEEDED, "", actions, final.outputs())
 
     def _failed(self, attempt: TaskAttempt, executor: ExecutorId, reason: str, fatal: bool,
                 actions: list[Action]) -> None:
@@ -400,7 +399,8 @@ class Coordinator:
             elif now - job.stranded_since > self.settings.no_executor_grace_s:
                 self._end(job.id, JobState.FAILED, "no executors are available", actions)
 
-    def _end(self, job_id: JobId, state: JobState, reason: str, actions: list[Action]) -> None:
+    def _end(self, job_id: JobId, state: JobState, reason: str, actions: list[Action],
+             results: tuple[OutputLocation, ...] = ()) -> None:
         job = self._jobs.get(job_id)
         if job is None or job.state is not JobState.RUNNING:
             return
@@ -412,7 +412,7 @@ class Coordinator:
                                                           task.attempt), task.executor))
                     self._free(task.executor)
                     task.state = TaskState.PENDING
-        actions.append(JobFinished(job.id, state, reason))
+        actions.append(JobFinished(job.id, state, reason, results))
         self._retire(job)
 
     # -- helpers ----------------------------------------------------------------------
