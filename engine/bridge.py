@@ -17,7 +17,7 @@ from datafusion import DataFrame, RuntimeEnvBuilder, SessionConfig, SessionConte
 from datafusion.catalog import CatalogProvider, SchemaProvider, Table
 
 from catalog import Catalog, NamespaceNotFound, TableIdent, TableNotFound, TableScan
-from engine.arrow_types import plain_schema
+from engine.arrow_types import plain_schema, scan_schema
 from engine.config import EngineConfig
 
 # Shared settings for every DataFusion context the engine makes.
@@ -139,10 +139,11 @@ class TableCache:
             return self.memory_table(rows.cast(schema)), None
         if not all(os.path.isfile(path) for path in scan.data_files):
             # Not local files (an object store): one scan per file, as DataFusion allows.
-            frames = [self._reader.read_parquet(path, schema=schema) for path in scan.data_files]
+            frames = [self._reader.read_parquet(path, schema=scan_schema(schema))
+                      for path in scan.data_files]
             return Table(functools.reduce(DataFrame.union, frames)), None
         folder = self._links.folder(scan)
-        return Table(self._reader.read_parquet(str(folder), schema=schema)), folder
+        return Table(self._reader.read_parquet(str(folder), schema=scan_schema(schema))), folder
 
     def close(self) -> None:
         self._links.close()
