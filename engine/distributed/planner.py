@@ -17,9 +17,9 @@ from __future__ import annotations
 import enum
 import functools
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 from datafusion import SessionContext
@@ -698,13 +698,22 @@ def _bytes_read(cut: _Cut, rel: Message, stage_bytes: dict[StageId, int | None]
     return total
 
 
-def _named_reads(message: Message) -> list[str]:
-    """The names `message` reads: all private (`__scan_N`, `__stage_N`) once bound, so
-    a message whose bytes lack the prefix has none and its (slow) walk is skipped."""
-    if b"__s" not in message.SerializeToString():
-        return []
-    return [m.named_table.names[-1] for m in _messages(message)
-            if isinstance(m, algebra_pb2.ReadRel) and m.HasField("named_table")]
+def _named_reads(message: Message) -> tuple[str, ...]:
+    """The names `message` reads. A cut asks this of the same subtrees again and again
+    (each join of both its sides, each replan of all of them), so the answer is kept by
+    the subtree's bytes, which are all it depends on."""
+    return _reads_in_bytes(message.SerializeToString(), cast(Hashable, type(message)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _reads_in_bytes(data: bytes, kind: Hashable) -> tuple[str, ...]:
+    # All names read are private (`__scan_N`, `__stage_N`) once bound: bytes without the
+    # prefix have none, and their (slow) walk is skipped.
+    if b"__s" not in data:
+        return ()
+    message = cast(type[Message], kind).FromString(data)
+    return tuple(m.named_table.names[-1] for m in _messages(message)
+                 if isinstance(m, algebra_pb2.ReadRel) and m.HasField("named_table"))
 
 
 def _whole(cut: _Cut, rel: algebra_pb2.Rel, dist: _Dist) -> algebra_pb2.Rel:
