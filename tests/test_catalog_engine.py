@@ -19,6 +19,7 @@ from catalog import (
 )
 from engine import EngineConfig, SqlEngine
 from engine.errors import ObjectNotFound
+from engine.session import one_row_of_values
 
 ROWS = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "name": ["a", "b", "c"]})
 
@@ -89,3 +90,26 @@ def test_information_schema_lists_catalog_tables(engine: SqlEngine) -> None:
     columns = _rows(engine, "SELECT column_name FROM information_schema.columns "
                             "WHERE table_name = 'items' ORDER BY ordinal_position")
     assert [c["column_name"] for c in columns] == ["id", "name"]
+
+
+@pytest.mark.parametrize(("text", "one_row", "rows"), [
+    ("SELECT 1", True, 1),
+    ("SELECT 'a' || 'b' AS s, now() AS t, random() AS r", True, 1),
+    ("SELECT * FROM (VALUES (1), (2)) AS v(a)", False, 2),
+    ("SELECT 1 AS a UNION ALL SELECT 2", False, 2),
+    ("SELECT id FROM items WHERE id > 1", False, 2),
+])
+def test_only_values_over_one_row_skip_the_worker(engine: SqlEngine, text: str,
+                                                  one_row: bool, rows: int) -> None:
+    """`SELECT 1` and the like run in the server (a worker's round trip would cost more
+    than they do); anything that reads or generates rows goes to a worker, where a
+    cancel or timeout can stop it."""
+    ident = TableIdent("public", "items")
+    engine.catalog.create_table(ident, ROWS.schema)
+    engine.catalog.append(ident, ROWS)
+    query = engine.session().plan(text)
+    assert query.frame is not None
+    assert one_row_of_values(query.frame.execution_plan()) is one_row
+    batches = list(engine.stream(query, lambda: False))
+    assert sum(batch.num_rows for batch in batches) == rows
+    assert all(batch.schema.equals(query.schema) for batch in batches)
