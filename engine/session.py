@@ -47,11 +47,15 @@ class PlannedQuery:
 
 
 def shippable_plan(plan: ExecutionPlan) -> bytes | None:
-    """The physical plan as bytes for a query worker; None when a scan cannot ship.
+    """The physical plan as bytes for a query worker; None when it runs in this process.
 
     Only tables met first while planning are read through pyarrow datasets, whose scans
-    do not serialize; those queries run in this process and a cancel cannot stop them.
+    do not serialize; nor do table functions (`generate_series`, `range`) survive it
+    (their scans lose their projection: `count(*)` over one failed). Those queries run
+    here, and a cancel stops them between batches only.
     """
+    if "LazyMemoryExec" in _node_names(plan):
+        return None
     try:
         return plan.to_bytes()
     except Exception as exc:
@@ -63,16 +67,16 @@ def shippable_plan(plan: ExecutionPlan) -> bytes | None:
 def one_row_of_values(plan: ExecutionPlan) -> bool:
     """Whether the plan only computes values over one placeholder row (`SELECT 1`): it
     runs here at once, since a worker's round trip (about 0.7 ms) costs more."""
-    nodes = [plan]
+    return _node_names(plan) <= {"ProjectionExec", "PlaceholderRowExec"}
+
+
+def _node_names(plan: ExecutionPlan) -> set[str]:
+    names, nodes = set(), [plan]
     while nodes:
         node = nodes.pop()
-        if node.display().split(":")[0].strip() not in _ONE_ROW_NODES:
-            return False
+        names.add(node.display().split(":")[0].strip())
         nodes.extend(node.children())
-    return True
-
-
-_ONE_ROW_NODES = frozenset({"ProjectionExec", "PlaceholderRowExec"})
+    return names
 
 
 class SqlEngine:

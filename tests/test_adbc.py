@@ -225,3 +225,17 @@ def test_prepared_now_is_the_time_of_a_late_execution(conn: flightsql.Connection
         cur.execute("SELECT now() AS t")
         stamp = cur.fetch_arrow_table().column("t").cast(pa.int64())[0].as_py()
     assert stamp / 1e9 >= prepared_at + 1.0
+
+
+def test_table_functions_and_constant_queries(conn: flightsql.Connection) -> None:
+    """Table functions run in the server (their scans do not survive a worker's plan
+    serialization) and constant queries skip the worker: both answer over Flight."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) AS n, sum(value) AS s FROM generate_series(1, 1000)")
+        assert cur.fetchall() == [(1000, 500500)]
+        cur.execute("SELECT count(*) FROM range(10)")
+        assert cur.fetchall() == [(10,)]
+        cur.execute("SELECT 1 AS one, 'x' || 'y' AS xy")
+        table = cur.fetch_arrow_table()
+    assert table.to_pylist() == [{"one": 1, "xy": "xy"}]
+    assert table.schema.field("xy").type == pa.string()
