@@ -141,7 +141,7 @@ def partition_ids(batch: pa.RecordBatch, keys: list[str], partitions: int,
     try:
         columns = ", ".join('"' + key.replace('"', '""') + '"' for key in keys)
         query = f"SELECT pmod(xxhash64({columns}), {int(partitions)}) FROM shuffled"
-        chunks = [b.column(0).to_numpy() for b in ctx.sql(query).collect()]
+        chunks = [b.column(0).to_numpy(zero_copy_only=False) for b in ctx.sql(query).collect()]
     finally:
         ctx.deregister_table("shuffled")
     return np.concatenate(chunks).astype(id_type) if chunks else np.zeros(0, id_type)
