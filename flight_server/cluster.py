@@ -530,25 +530,24 @@ class CoordinatorService:
         return max(MIN_SHUFFLE_PARTITIONS, cores)
 
     @staticmethod
-    def _static_plan(planned: DistributedQuery | None, reason: str
-                     ) -> tuple[StagePlan | None, str]:
-        """The stages as planned from file sizes alone (what EXPLAIN shows)."""
-        if planned is None:
-            return None, reason
+    def _cut(planned: DistributedQuery, observed: dict[StageId, int] | None = None
+             ) -> tuple[StagePlan | None, str]:
+        """The query's stages (see DistributedQuery.plan), or None and the reason it
+        runs as one task."""
         try:
-            return planned.plan(), ""
+            return planned.plan(observed), ""
         except EngineError as exc:
             return None, str(exc)
 
-    @staticmethod
-    def _adaptive(planned: DistributedQuery | None) -> bool:
+    def _static_plan(self, planned: DistributedQuery | None, reason: str
+                     ) -> tuple[StagePlan | None, str]:
+        """The stages as planned from file sizes alone (what EXPLAIN shows)."""
+        return (None, reason) if planned is None else self._cut(planned)
+
+    def _adaptive(self, planned: DistributedQuery | None) -> bool:
         """Whether run-time sizes may change the plan EXPLAIN shows."""
-        if planned is None:
-            return False
-        try:
-            return planned.plan({}).probe is not None
-        except EngineError:
-            return False
+        stage_plan = None if planned is None else self._cut(planned, {})[0]
+        return stage_plan is not None and stage_plan.probe is not None
 
     def _execute(self, query: PlannedQuery, text: str, planned: DistributedQuery | None,
                  is_cancelled: Callable[[], bool]) -> tuple[JobId, JobFinished]:
@@ -580,12 +579,9 @@ class CoordinatorService:
                    query: PlannedQuery, text: str) -> tuple[StagePlan | None, str]:
         if planned is None:
             return None, ""
-        try:
-            stage_plan = planned.plan(observed)
-        except EngineError as exc:
-            return None, str(exc)
-        if stage_plan.probe is not None:
-            return stage_plan, ""
+        stage_plan, reason = self._cut(planned, observed)
+        if stage_plan is None or stage_plan.probe is not None:
+            return stage_plan, reason
         *stages, result = stage_plan.stages
         if text is query.text and len(result.schema) == len(query.schema):
             # The result stage writes the very schema the client was promised.
