@@ -119,19 +119,22 @@ def main(argv: list[str] | None = None) -> None:
                         help="PNG of per-query ratios to DataFusion")
     args = parser.parse_args(argv)
     numbers = _parse_queries(args.queries)
-    warehouse = args.warehouse or Path(tempfile.mkdtemp(prefix="krishiv-bench-"))
-    catalog = IcebergCatalog.embedded(str(warehouse))
-    load_tpch_demo(catalog, args.scale, scratch=warehouse)
-    duck = duckdb_over_catalog(catalog)
-    texts = tpch_queries(duck)
     partitions = os.cpu_count() or 1
-    ctx = _datafusion(catalog, partitions, Path(tempfile.mkdtemp(prefix="krishiv-df-")))
     _, ballista_note = _ballista()
     modes = {"embedded": KrishivMode()}
     if not args.no_cluster:
         modes["single-node"] = KrishivMode(args.executors, args.separate,
                                            args.shuffle_partitions)
     with ExitStack() as stack:
+        # Without --warehouse the generated data goes when the run ends.
+        warehouse = args.warehouse or Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="krishiv-bench-")))
+        catalog = IcebergCatalog.embedded(str(warehouse))
+        load_tpch_demo(catalog, args.scale, scratch=warehouse)
+        duck = duckdb_over_catalog(catalog)
+        texts = tpch_queries(duck)
+        links = stack.enter_context(tempfile.TemporaryDirectory(prefix="krishiv-df-"))
+        ctx = _datafusion(catalog, partitions, Path(links))
         runners: dict[str, Runner] = {}
         for column, mode in modes.items():
             port = stack.enter_context(
@@ -140,11 +143,11 @@ def main(argv: list[str] | None = None) -> None:
         runners["datafusion"] = lambda t: ctx.sql(t).collect()
         runners["duckdb"] = lambda t: duck.execute(t).fetch_arrow_table()
         results = _run_all(runners, texts, numbers, args.runs, list(modes), duck)
+        duck_version = duck.execute("SELECT version()").fetchone()[0]  # type: ignore[index]
     report = {
         "scale": args.scale, "runs": args.runs, "target_partitions": partitions,
         "modes": {column: mode.describe() for column, mode in modes.items()},
-        "versions": {"datafusion": datafusion.__version__, "duckdb": duck.execute(
-            "SELECT version()").fetchone()[0]},  # type: ignore[index]
+        "versions": {"datafusion": datafusion.__version__, "duckdb": duck_version},
         "ballista": ballista_note, "queries": results,
         "date": time.strftime("%Y-%m-%d"),
     }

@@ -50,6 +50,27 @@ def base_context(config: EngineConfig, catalog_schema: tuple[str, str] | None = 
     return SessionContext(settings, runtime)
 
 
+_LINKS_PREFIX = "krishiv-tables-"
+
+
+def remove_orphan_links(folder: Path) -> None:
+    """Remove link folders whose process is gone: one killed outright never cleans up."""
+    for path in folder.glob(f"{_LINKS_PREFIX}*-*"):
+        pid = path.name[len(_LINKS_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class _FileLinks:
     """A folder of links per table version to exactly its data files, which DataFusion
     reads as one listing table: faster plans than a union of one scan per file (measured
@@ -59,7 +80,8 @@ class _FileLinks:
     """
 
     def __init__(self, grace_s: float = 3600.0) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="krishiv-tables-"))
+        remove_orphan_links(Path(tempfile.gettempdir()))
+        self.root = Path(tempfile.mkdtemp(prefix=f"{_LINKS_PREFIX}{os.getpid()}-"))
         self._grace_s = grace_s
         self._retired: list[tuple[float, Path]] = []
 

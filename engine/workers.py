@@ -115,7 +115,8 @@ class _Worker:
         return kind, self._read(length, until)
 
     def _read(self, size: int, until: Callable[[], None]) -> memoryview:
-        buffer = memoryview(bytearray(size))
+        # From Arrow's pool: a bytearray would zero-fill megabytes per batch first.
+        buffer = memoryview(pa.allocate_buffer(size)).cast("B")
         filled = 0
         while filled < size:
             try:

@@ -226,6 +226,7 @@ def executor(host: str, port: int, work_dir: Path, coordinator: str | None, ware
         server, bound = start_flight_server(service, host, port, TransportConfig())
     except OSError as exc:
         raise click.ClickException(str(exc)) from None
+    engine = None
     if coordinator:
         config = ServerConfig(warehouse=warehouse, catalog_uri=catalog_uri)
         engine = SqlEngine(open_catalog(config), EngineConfig())
@@ -236,6 +237,7 @@ def executor(host: str, port: int, work_dir: Path, coordinator: str | None, ware
             handler.agent.start()
         except Exception as exc:
             server.stop(0)
+            engine.close()
             raise click.ClickException(f"cannot register with {coordinator}: "
                                        f"{' '.join(str(exc).split())[:200]}") from None
     print(f"krishiv: executor serving shuffle data on grpc://{host}:{bound}", flush=True)
@@ -244,6 +246,8 @@ def executor(host: str, port: int, work_dir: Path, coordinator: str | None, ware
         handler.agent.close()
     server.stop(grace=5).wait()
     authenticator.close()
+    if engine is not None:
+        engine.close()
 
 
 def _wait_for_signal() -> None:

@@ -366,6 +366,23 @@ def test_losing_executors(demo_warehouse: Path, tmp_path: Path) -> None:
         assert time.monotonic() - started < 20
 
 
+def test_stopped_cluster_leaves_no_table_links(demo_warehouse: Path, tmp_path: Path) -> None:
+    """The coordinator and its executors remove their folders of table file links when
+    they stop (executors once left theirs in the temp folder at every stop)."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    args = ["--executors", "2", "--default-schema", "tpch"]
+    with (
+        running_server(demo_warehouse, tmp_path, args, TOKEN, {"TMPDIR": str(temp)}) as server,
+        adbc_connect(server) as conn,
+        conn.cursor() as cur,
+    ):
+        cur.execute("SELECT count(*) FROM nation JOIN region ON n_regionkey = r_regionkey")
+        assert cur.fetchall() == [(25,)]
+        assert len(list(temp.glob("krishiv-tables-*"))) == 3  # coordinator, 2 executors
+    assert list(temp.glob("krishiv-tables-*")) == []
+
+
 def test_cancel_reaches_the_executor(cluster: RunningServer) -> None:
     """The client's cancel is forwarded: the executor stops its task's work and reports it."""
     conn = adbc_connect(cluster)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 
 from catalog import TableIdent
 from engine.arrow_types import conform_batch, plain_schema, sized_batches, split_batch
+from engine.bridge import remove_orphan_links
 from engine.parameters import bound_values, number_placeholders
 from engine.references import referenced_tables
+from engine.session import datafusion_text
 from flight_server.config import ConfigError, auth_config, parse_size, parse_users, split_tokens
 from flight_server.metadata import like_matcher
 
@@ -111,3 +118,23 @@ def test_sized_batches_combine_small_and_split_big_keeping_row_order() -> None:
 def test_sized_batches_do_not_hold_rows_of_a_slow_query() -> None:
     batches = [pa.record_batch({"v": [i]}) for i in range(3)]
     assert len(list(sized_batches(batches, max_bytes=1 << 20, max_hold_s=-1.0))) == 3
+
+
+def test_link_folders_of_ended_processes_are_removed(tmp_path: Path) -> None:
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    orphan = tmp_path / f"krishiv-tables-{ended.pid}-x1"
+    (orphan / "links").mkdir(parents=True)
+    mine = tmp_path / f"krishiv-tables-{os.getpid()}-x2"
+    unowned = tmp_path / "krishiv-tables-x3"  # no process id in the name: left alone
+    mine.mkdir()
+    unowned.mkdir()
+    remove_orphan_links(tmp_path)
+    assert not orphan.exists()
+    assert mine.exists() and unowned.exists()
+
+
+def test_translations_are_kept_per_dialect() -> None:
+    text = "SELECT `a` FROM t WHERE b = ?"
+    assert datafusion_text(text, "mysql") == 'SELECT "a" FROM t WHERE b = $1'
+    assert datafusion_text(text, "datafusion") == "SELECT `a` FROM t WHERE b = $1"
