@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 
@@ -11,6 +10,7 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
 from catalog import TableIdent
+from engine.text_cache import by_short_text
 
 # sqlglot cannot parse EXPLAIN: look at the statement it explains.
 _EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+(ANALYZE|VERBOSE|FORMAT\s+\w+))*\s+", re.IGNORECASE)
@@ -28,7 +28,7 @@ def referenced_tables(sql: str, default_schema: str) -> frozenset[TableIdent]:
 
 
 # Parsing costs milliseconds and clients repeat their statements (prepare, then execute).
-@functools.lru_cache(maxsize=512)
+@by_short_text(maxsize=512)
 def all_referenced_tables(sql: str, default_schema: str) -> frozenset[TableIdent] | None:
     """Every table `sql` names, or None when sqlglot cannot parse it (then some may be
     missing)."""

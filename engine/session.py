@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from engine.parameters import bound_values, number_placeholders, parameter_schem
 from engine.references import all_referenced_tables, referenced_tables
 from engine.runner import StreamRunner
 from engine.statements import WriteStatement, classify
+from engine.text_cache import by_short_text
 from engine.translate import translated_errors
 from engine.workers import QueryWorkers
 from engine.writes import COUNT_SCHEMA, Writer, count_rows
@@ -202,13 +202,13 @@ class SqlEngine:
 # One execution asks for a statement's translation and kind up to five times (prepare:
 # is it a write, which tables, plan; execute: are the tables unchanged), and clients
 # repeat their statements: each costs a parse (0.2-0.5 ms for a TPC-H query).
-@functools.lru_cache(maxsize=1024)
+@by_short_text(maxsize=1024)
 def datafusion_text(sql: str, dialect: str) -> str:
     """Client SQL as DataFusion SQL with numbered placeholders."""
     return number_placeholders(to_datafusion(sql, dialect))
 
 
-@functools.lru_cache(maxsize=1024)
+@by_short_text(maxsize=1024)
 def _classified(text: str) -> WriteStatement | None:
     return classify(text)
 

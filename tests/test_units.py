@@ -16,6 +16,7 @@ from engine.bridge import remove_orphan_links
 from engine.parameters import bound_values, number_placeholders
 from engine.references import referenced_tables
 from engine.session import datafusion_text
+from engine.text_cache import KEPT_LENGTH, by_short_text
 from flight_server.config import ConfigError, auth_config, parse_size, parse_users, split_tokens
 from flight_server.metadata import like_matcher
 
@@ -138,3 +139,17 @@ def test_translations_are_kept_per_dialect() -> None:
     text = "SELECT `a` FROM t WHERE b = ?"
     assert datafusion_text(text, "mysql") == 'SELECT "a" FROM t WHERE b = $1'
     assert datafusion_text(text, "datafusion") == "SELECT `a` FROM t WHERE b = $1"
+
+
+def test_only_short_texts_are_kept() -> None:
+    calls: list[str] = []
+
+    @by_short_text(maxsize=4)
+    def length(text: str) -> int:
+        calls.append(text)
+        return len(text)
+
+    short, long = "x" * 10, "y" * (KEPT_LENGTH + 1)
+    assert [length(short), length(short), length(long), length(long)] == [10, 10] + [
+        KEPT_LENGTH + 1] * 2
+    assert calls == [short, long, long]

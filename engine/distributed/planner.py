@@ -30,6 +30,7 @@ from substrait import algebra_pb2, plan_pb2
 
 from engine.arrow_types import plain_schema, plain_type
 from engine.distributed.ids import StageId
+from engine.text_cache import by_short_text
 
 _JOIN_KEY_FUNCTIONS = {"equal", "is_not_distinct_from"}
 _SINGLE_INPUT = ("filter", "fetch", "sort", "project")
@@ -705,7 +706,7 @@ def _named_reads(message: Message) -> tuple[str, ...]:
     return _reads_in_bytes(message.SerializeToString(), cast(Hashable, type(message)))
 
 
-@functools.lru_cache(maxsize=4096)
+@by_short_text(maxsize=4096)
 def _reads_in_bytes(data: bytes, kind: Hashable) -> tuple[str, ...]:
     # All names read are private (`__scan_N`, `__stage_N`) once bound: bytes without the
     # prefix have none, and their (slow) walk is skipped.
