@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import sys
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -184,6 +185,11 @@ class _Cut:
     scans: dict[str, ScanSpec] = field(default_factory=dict)
     estimates: dict[StageId, int | None] = field(default_factory=dict)  # output bytes
     whole_reads: set[str] = field(default_factory=set)  # stage inputs read whole
+    schemas: PlanSchemas = field(default_factory=dict)
+
+
+# Schemas of partial plans by the digest of their bytes.
+PlanSchemas = dict[bytes, pa.Schema]
 
 
 class _Probe(Exception):
@@ -202,6 +208,7 @@ def plan_stages(
     table_from: Callable[[pa.Schema], Table],
     broadcast_limit: int = 0,
     observed: dict[StageId, int] | None = None,
+    schemas: PlanSchemas | None = None,
 ) -> StagePlan:
     """Cut the Substrait `plan_bytes` into stages of at most `partitions` tasks.
 
@@ -215,18 +222,17 @@ def plan_stages(
     again with its output size in `observed`: at most `broadcast_limit` bytes, it is
     broadcast and the other input is not shuffled at all (or, where the join cannot
     broadcast it, the other input is first reduced to rows with matching keys). The
-    stages before the probe come out the same each time.
+    stages before the probe come out the same each time. `schemas` keeps the schemas of
+    partial plans from one cut of the query to the next.
     """
-    plan = plan_pb2.Plan.FromString(plan_bytes)
+    plan = plan_pb2.Plan.FromString(_with_read_filters_lifted(plan_bytes))
     functions = {
         ext.extension_function.function_anchor: ext.extension_function.name.split(":")[0]
         for ext in plan.extensions if ext.HasField("extension_function")
     }
-    cut = _Cut(plan, ctx, tables, partitions, functions, table_from, broadcast_limit, observed)
+    cut = _Cut(plan, ctx, tables, partitions, functions, table_from, broadcast_limit, observed,
+               schemas=schemas if schemas is not None else {})
     root = plan.relations[0].root
-    for rel in [m for m in _messages(root.input) if isinstance(m, algebra_pb2.Rel)]:
-        if rel.WhichOneof("rel_type") == "read" and rel.read.HasField("filter"):
-            _lift_read_filter(rel)
     for read in _main_reads(root.input):
         _bind_read(cut, read, split=True)
     for message in _messages(root.input):  # the rest sit in subquery expressions
@@ -242,6 +248,18 @@ def plan_stages(
     _add_stage(cut, result, rel, 1, Exchange(ExchangeKind.GATHER, 1),
                plain_schema(_schema_of(cut, result)))
     return StagePlan(tuple(cut.stages))
+
+
+@by_short_text(maxsize=256)
+def _with_read_filters_lifted(plan_bytes: bytes) -> bytes:
+    """The plan with every read's filter lifted above it (see _lift_read_filter); kept,
+    as every cut of a query starts from it."""
+    plan = plan_pb2.Plan.FromString(plan_bytes)
+    root = plan.relations[0].root
+    for rel in [m for m in _messages(root.input) if isinstance(m, algebra_pb2.Rel)]:
+        if rel.WhichOneof("rel_type") == "read" and rel.read.HasField("filter"):
+            _lift_read_filter(rel)
+    return plan.SerializeToString()
 
 
 def _visit(cut: _Cut, rel: algebra_pb2.Rel, gathered: bool = False
@@ -857,9 +875,16 @@ def _stage_plan(original: plan_pb2.Plan, rel: algebra_pb2.Rel, names: list[str] 
 
 
 def _schema_of(cut: _Cut, plan: plan_pb2.Plan) -> pa.Schema:
-    serialized = ds_substrait.Serde.deserialize_bytes(plan.SerializeToString())
-    logical = ds_substrait.Consumer.from_substrait_plan(cut.ctx, serialized)
-    return cut.ctx.create_dataframe_from_logical_plan(logical).schema()
+    """The schema of a partial plan, which its bytes determine (reads carry their tables'
+    schemas), kept by their digest: each replan asks again of the same parts."""
+    data = plan.SerializeToString()
+    key = hashlib.blake2b(data, digest_size=16).digest()
+    schema = cut.schemas.get(key)
+    if schema is None:
+        serialized = ds_substrait.Serde.deserialize_bytes(data)
+        logical = ds_substrait.Consumer.from_substrait_plan(cut.ctx, serialized)
+        schema = cut.schemas[key] = cut.ctx.create_dataframe_from_logical_plan(logical).schema()
+    return schema
 
 
 def _messages(message: Message) -> list[Message]:
