@@ -10,7 +10,7 @@ import pytest
 
 from catalog import IcebergCatalog
 from engine import EngineConfig, SqlEngine
-from engine.distributed.planner import ExchangeKind, StagePlan
+from engine.distributed.planner import ExchangeKind, StageDef, StagePlan
 from engine.distributed.stages import (
     DistributedQuery,
     NotDistributable,
@@ -105,6 +105,27 @@ def test_small_join_inputs_are_broadcast(engine: SqlEngine) -> None:
     outer = _plan(engine, "SELECT count(*) FROM public.three_files FULL JOIN nation "
                           "ON k = n_nationkey", broadcast_limit=10 << 20)
     assert sum(s.output.kind is ExchangeKind.HASH for s in outer.stages) == 2
+
+
+def test_aggregate_inputs_are_reduced_by_a_small_filtered_read(engine: SqlEngine) -> None:
+    """Only the rows of keys that can match are grouped: the filtered nation read goes
+    whole into the tasks of the aggregate's first stage, a semi join before grouping."""
+    text = ("SELECT n_name, total FROM nation JOIN (SELECT k, sum(v) AS total "
+            "FROM public.three_files GROUP BY k) t ON n_nationkey = k WHERE n_regionkey = 1")
+
+    def grouping(plan: StagePlan) -> StageDef:
+        return next(s for s in plan.stages if any(c.table == "public.three_files"
+                                                  for c in s.scans))
+
+    reduced = grouping(_plan(engine, text, broadcast_limit=10 << 20))
+    assert reduced.tasks == 3 and "join" in reduced.summary
+    assert sorted((s.table, s.split) for s in reduced.scans) == [
+        ("public.three_files", True), ("tpch.nation", False)]
+    # Without broadcasts, or where the join keeps unmatched groups, all rows are grouped.
+    assert [s.table for s in grouping(_plan(engine, text)).scans] == ["public.three_files"]
+    outer = text.replace("FROM nation JOIN", "FROM nation FULL JOIN")
+    assert [s.table for s in grouping(_plan(engine, outer, broadcast_limit=10 << 20)).scans
+            ] == ["public.three_files"]
 
 
 def test_top_k_runs_in_every_upstream_task(engine: SqlEngine) -> None:

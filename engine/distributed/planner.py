@@ -19,7 +19,7 @@ import functools
 import hashlib
 import sys
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import pyarrow as pa
@@ -239,6 +239,8 @@ def plan_stages(
         if (isinstance(message, algebra_pb2.ReadRel) and message.HasField("named_table")
                 and not message.named_table.names[-1].startswith("__")):
             _bind_read(cut, message, split=False)
+    if broadcast_limit > 0:
+        _reduce_aggregate_inputs(cut, root.input)
     try:
         rel, dist = _visit(cut, root.input, gathered=True)
     except _Probe as probe:
@@ -673,6 +675,167 @@ def _hash_reduced(cut: _Cut, side: _Side, probed: algebra_pb2.Rel,
         return _hash(cut, reduced, dist, keys)
     finally:
         cut.whole_reads.discard(name)
+
+
+# -- semi-join reduction of aggregate inputs ----------------------------------------------
+_REDUCIBLE = {_J.JOIN_TYPE_INNER, _J.JOIN_TYPE_LEFT_SEMI}
+
+
+def _reduce_aggregate_inputs(cut: _Cut, rel: algebra_pb2.Rel) -> None:
+    """Where a join matches a grouped aggregate on one of its group keys, and the key's
+    values on the other side all come from a small filtered table read (TPC-H q2, q17,
+    q20: the parts of one brand or size), keep only the aggregate's input rows whose key
+    is among that read's, before grouping: groups without such a key could never match.
+    The copy of the read is broadcast (it is at most the broadcast limit), so the
+    aggregate's input is not hashed and shuffled in full first. Bottom-up: a rewrite
+    only ever changes what lies below the join that makes it."""
+    for child in _children(rel):
+        _reduce_aggregate_inputs(cut, child)
+    if (rel.WhichOneof("rel_type") != "join" or rel.join.type not in _REDUCIBLE
+            or not rel.join.HasField("expression")):
+        return
+    join = rel.join
+    if any(cut.functions.get(m.scalar_function.function_reference) == "is_not_distinct_from"
+           for m in _messages(join.expression) if isinstance(m, algebra_pb2.Expression)):
+        return
+    left_width = _width(cut, join.left)
+    for left_column, right_column in _equi_keys(cut, join.expression, left_width):
+        for grouped, key, other, column in ((join.right, right_column, join.left, left_column),
+                                            (join.left, left_column, join.right, right_column)):
+            target = _grouped_input(cut, grouped, key)
+            reducer = _reducer(cut, other, column) if target is not None else None
+            if target is not None and reducer is not None and _semi_join(cut, *target, *reducer):
+                return
+
+
+def _width(cut: _Cut, rel: algebra_pb2.Rel) -> int:
+    return len(_schema_of(cut, _stage_plan(cut.plan, rel, None)))
+
+
+def _project_sources(cut: _Cut, project: algebra_pb2.ProjectRel) -> list[int | None]:
+    """For each output column of a projection, the input column it passes on, or None."""
+    sources: list[int | None] = list(range(_width(cut, project.input)))
+    sources += [_field_index(e) for e in project.expressions]
+    if project.common.HasField("emit"):
+        sources = [sources[i] for i in project.common.emit.output_mapping]
+    return sources
+
+
+def _grouped_input(cut: _Cut, rel: algebra_pb2.Rel, column: int | None
+                   ) -> tuple[algebra_pb2.Rel, int] | None:
+    """Below projections, a grouped aggregate whose output `column` is one of its group
+    keys: the place in its input to filter (see _sink), and that key's column there."""
+    while column is not None and rel.WhichOneof("rel_type") == "project":
+        column = _project_sources(cut, rel.project)[column]
+        rel = rel.project.input
+    if column is None or rel.WhichOneof("rel_type") != "aggregate":
+        return None
+    aggregate = rel.aggregate
+    keys = _group_keys(aggregate)
+    if keys is None:
+        return None
+    outputs = list(range(len(keys) + len(aggregate.measures)))
+    if aggregate.common.HasField("emit"):
+        outputs = [outputs[i] for i in aggregate.common.emit.output_mapping]
+    if outputs[column] >= len(keys):
+        return None
+    return _sink(cut, aggregate.input, keys[outputs[column]])
+
+
+def _sink(cut: _Cut, rel: algebra_pb2.Rel, column: int) -> tuple[algebra_pb2.Rel, int]:
+    """The lowest relation under `rel` that `column` comes from unchanged, through
+    projections and the kept side of inner and semi joins: the earliest place to drop
+    rows by it."""
+    while True:
+        kind = rel.WhichOneof("rel_type")
+        if kind == "project":
+            source = _project_sources(cut, rel.project)[column]
+            if source is None:
+                return rel, column
+            rel, column = rel.project.input, source
+        elif kind == "join" and rel.join.type in _REDUCIBLE:
+            left_width = _width(cut, rel.join.left)
+            if column < left_width:
+                rel = rel.join.left
+            elif rel.join.type == _J.JOIN_TYPE_INNER:
+                rel, column = rel.join.right, column - left_width
+            else:
+                return rel, column
+        else:
+            return rel, column
+
+
+def _reducer(cut: _Cut, rel: algebra_pb2.Rel, column: int | None
+             ) -> tuple[algebra_pb2.Rel, int] | None:
+    """A small filtered table read whose values of one column include every value of
+    `column` in `rel`'s output (followed through projections, filters, both sides of
+    inner joins and the kept side of semi joins, and across their key equalities)."""
+    if column is None:
+        return None
+    if _small_filtered_read(cut, rel):
+        return rel, column
+    kind = rel.WhichOneof("rel_type")
+    if kind == "project":
+        return _reducer(cut, rel.project.input, _project_sources(cut, rel.project)[column])
+    if kind == "filter":
+        return _reducer(cut, rel.filter.input, column)
+    if kind != "join" or rel.join.type not in _REDUCIBLE or not rel.join.HasField("expression"):
+        return None
+    join = rel.join
+    left_width = _width(cut, join.left)
+    pairs = _equi_keys(cut, join.expression, left_width)
+    if column < left_width:
+        options = [(join.left, column)] + [(join.right, r) for left, r in pairs if left == column]
+    elif join.type == _J.JOIN_TYPE_INNER:
+        right = column - left_width
+        options = [(join.right, right)] + [(join.left, left) for left, r in pairs if r == right]
+    else:
+        return None
+    for child, child_column in options:
+        found = _reducer(cut, child, child_column)
+        if found is not None:
+            return found
+    return None
+
+
+def _small_filtered_read(cut: _Cut, rel: algebra_pb2.Rel) -> bool:
+    """One table read, filtered (and projected), reading at most the broadcast limit."""
+    kinds, stack = set(), [rel]
+    while stack:
+        node = stack.pop()
+        kinds.add(node.WhichOneof("rel_type"))
+        stack.extend(_children(node))
+    size = _input_bytes(cut, rel)
+    return ("filter" in kinds and kinds <= {"read", "filter", "project"}
+            and len(_named_reads(rel)) == 1 and size is not None
+            and size <= cut.broadcast_limit)
+
+
+def _semi_join(cut: _Cut, target: algebra_pb2.Rel, column: int, reducer: algebra_pb2.Rel,
+               reducer_column: int) -> bool:
+    """Replace `target` by its rows whose `column` is among `reducer_column`'s values in
+    a copy of `reducer` (not where the two columns' types differ)."""
+    copy = algebra_pb2.Rel()
+    copy.CopyFrom(reducer)
+    target_schema = _schema_of(cut, _stage_plan(cut.plan, target, None))
+    reducer_schema = _schema_of(cut, _stage_plan(cut.plan, copy, None))
+    if (plain_type(target_schema.field(column).type)
+            != plain_type(reducer_schema.field(reducer_column).type)):
+        return False
+    for read in _main_reads(copy):  # its own scan names: a stage binds each name once
+        spec = cut.scans[read.named_table.names[-1]]
+        name = f"__scan_{len(cut.scans) + 1}"
+        cut.scans[name] = replace(spec, name=name)
+        read.named_table.names[:] = [name]
+        cut.ctx.register_table(name, cut.table_from(spec.schema))
+    reduced = algebra_pb2.Rel()
+    reduced.join.type = _J.JOIN_TYPE_LEFT_SEMI
+    reduced.join.left.CopyFrom(target)
+    reduced.join.right.CopyFrom(copy)
+    reduced.join.expression.CopyFrom(_call(cut, "equal", [
+        _field(column), _field(len(target_schema) + reducer_column)]))
+    target.CopyFrom(reduced)
+    return True
 
 
 def _reduces(cut: _Cut, rel: algebra_pb2.Rel) -> bool:
