@@ -342,14 +342,8 @@ def _subquery_bytes(cut: _Cut, body: Message) -> int:
 
 def _through_project(cut: _Cut, child: algebra_pb2.Rel, project: algebra_pb2.ProjectRel,
                      dist: _Dist) -> _Dist:
-    """A projection emits its input's columns, then its expressions; a plain field
-    expression carries a hash key on."""
-    width = len(_schema_of(cut, _stage_plan(cut.plan, child, None)))
-    sources: list[int | None] = list(range(width))
-    sources += [_field_index(e) for e in project.expressions]
-    if project.common.HasField("emit"):
-        sources = [sources[i] for i in project.common.emit.output_mapping]
-    return dist.through(sources)
+    """A plain field expression carries a hash key on."""
+    return dist.through(_project_sources(project, _width(cut, child)))
 
 
 def _visit_aggregate(cut: _Cut, rel: algebra_pb2.Rel, gathered: bool
@@ -507,7 +501,7 @@ def _visit_join(cut: _Cut, rel: algebra_pb2.Rel) -> tuple[algebra_pb2.Rel, _Dist
     join = rel.join
     left, left_dist = _visit(cut, join.left)
     right, right_dist = _visit(cut, join.right)
-    left_width = len(_schema_of(cut, _stage_plan(cut.plan, left, None)))
+    left_width = _width(cut, left)
     pairs = _equi_keys(cut, join.expression, left_width) if join.HasField("expression") else []
     if not pairs:
         join.left.CopyFrom(_gather(cut, left, left_dist))
@@ -712,13 +706,19 @@ def _width(cut: _Cut, rel: algebra_pb2.Rel) -> int:
     return len(_schema_of(cut, _stage_plan(cut.plan, rel, None)))
 
 
-def _project_sources(cut: _Cut, project: algebra_pb2.ProjectRel) -> list[int | None]:
-    """For each output column of a projection, the input column it passes on, or None."""
-    sources: list[int | None] = list(range(_width(cut, project.input)))
+def _project_sources(project: algebra_pb2.ProjectRel, input_width: int) -> list[int | None]:
+    """For each output column of a projection (its input's columns, then its
+    expressions), the input column it passes on, or None."""
+    sources: list[int | None] = list(range(input_width))
     sources += [_field_index(e) for e in project.expressions]
     if project.common.HasField("emit"):
         sources = [sources[i] for i in project.common.emit.output_mapping]
     return sources
+
+
+def _passed_on(cut: _Cut, rel: algebra_pb2.Rel, column: int) -> int | None:
+    """The input column a projection relation's output `column` passes on, or None."""
+    return _project_sources(rel.project, _width(cut, rel.project.input))[column]
 
 
 def _grouped_input(cut: _Cut, rel: algebra_pb2.Rel, column: int | None
@@ -726,7 +726,7 @@ def _grouped_input(cut: _Cut, rel: algebra_pb2.Rel, column: int | None
     """Below projections, a grouped aggregate whose output `column` is one of its group
     keys: the place in its input to filter (see _sink), and that key's column there."""
     while column is not None and rel.WhichOneof("rel_type") == "project":
-        column = _project_sources(cut, rel.project)[column]
+        column = _passed_on(cut, rel, column)
         rel = rel.project.input
     if column is None or rel.WhichOneof("rel_type") != "aggregate":
         return None
@@ -749,7 +749,7 @@ def _sink(cut: _Cut, rel: algebra_pb2.Rel, column: int) -> tuple[algebra_pb2.Rel
     while True:
         kind = rel.WhichOneof("rel_type")
         if kind == "project":
-            source = _project_sources(cut, rel.project)[column]
+            source = _passed_on(cut, rel, column)
             if source is None:
                 return rel, column
             rel, column = rel.project.input, source
@@ -776,7 +776,7 @@ def _reducer(cut: _Cut, rel: algebra_pb2.Rel, column: int | None
         return rel, column
     kind = rel.WhichOneof("rel_type")
     if kind == "project":
-        return _reducer(cut, rel.project.input, _project_sources(cut, rel.project)[column])
+        return _reducer(cut, rel.project.input, _passed_on(cut, rel, column))
     if kind == "filter":
         return _reducer(cut, rel.filter.input, column)
     if kind != "join" or rel.join.type not in _REDUCIBLE or not rel.join.HasField("expression"):
