@@ -650,25 +650,39 @@ def _hash_reduced(cut: _Cut, side: _Side, probed: algebra_pb2.Rel,
     probe_schema = next(s.schema for s in cut.stages if s.stage == _input_stage(name))
     schema = _schema_of(cut, _stage_plan(cut.plan, rel, None))
     matched = [(right, left) if probe_is_left else (left, right) for left, right in pairs]
-    if (any(cut.functions.get(m.scalar_function.function_reference) == "is_not_distinct_from"
-            for m in _messages(condition) if isinstance(m, algebra_pb2.Expression))
+    if (_null_safe(cut, condition)
             or any(plain_type(schema.field(mine).type) != probe_schema.field(theirs).type
                    for mine, theirs in matched)):
         return _hash(cut, rel, dist, keys)
-    reduced = algebra_pb2.Rel()
-    reduced.join.type = _J.JOIN_TYPE_LEFT_SEMI
-    reduced.join.left.CopyFrom(rel)
-    reduced.join.right.CopyFrom(probed)
-    equalities = [_call(cut, "equal", [_field(mine), _field(len(schema) + theirs)])
-                  for mine, theirs in matched]
-    reduced.join.expression.CopyFrom(
-        equalities[0] if len(equalities) == 1 else _call(cut, "and", equalities))
+    reduced = _semi_join_rel(cut, rel, len(schema), probed, matched)
     # Read whole in the reducing stage only; the join itself reads its own partition.
     cut.whole_reads.add(name)
     try:
         return _hash(cut, reduced, dist, keys)
     finally:
         cut.whole_reads.discard(name)
+
+
+def _null_safe(cut: _Cut, condition: algebra_pb2.Expression) -> bool:
+    """Whether a join condition compares NULLs as equal somewhere: a semi join on plain
+    equality would drop rows it keeps."""
+    return any(cut.functions.get(m.scalar_function.function_reference) == "is_not_distinct_from"
+               for m in _messages(condition) if isinstance(m, algebra_pb2.Expression))
+
+
+def _semi_join_rel(cut: _Cut, kept: algebra_pb2.Rel, kept_width: int,
+                   matched: algebra_pb2.Rel, pairs: list[tuple[int, int]]) -> algebra_pb2.Rel:
+    """`kept`'s rows that have a row in `matched` equal on every (kept column, matched
+    column) pair."""
+    reduced = algebra_pb2.Rel()
+    reduced.join.type = _J.JOIN_TYPE_LEFT_SEMI
+    reduced.join.left.CopyFrom(kept)
+    reduced.join.right.CopyFrom(matched)
+    equalities = [_call(cut, "equal", [_field(mine), _field(kept_width + theirs)])
+                  for mine, theirs in pairs]
+    reduced.join.expression.CopyFrom(
+        equalities[0] if len(equalities) == 1 else _call(cut, "and", equalities))
+    return reduced
 
 
 # -- semi-join reduction of aggregate inputs ----------------------------------------------
@@ -689,8 +703,7 @@ def _reduce_aggregate_inputs(cut: _Cut, rel: algebra_pb2.Rel) -> None:
             or not rel.join.HasField("expression")):
         return
     join = rel.join
-    if any(cut.functions.get(m.scalar_function.function_reference) == "is_not_distinct_from"
-           for m in _messages(join.expression) if isinstance(m, algebra_pb2.Expression)):
+    if _null_safe(cut, join.expression):
         return
     left_width = _width(cut, join.left)
     for left_column, right_column in _equi_keys(cut, join.expression, left_width):
@@ -828,13 +841,8 @@ def _semi_join(cut: _Cut, target: algebra_pb2.Rel, column: int, reducer: algebra
         cut.scans[name] = replace(spec, name=name)
         read.named_table.names[:] = [name]
         cut.ctx.register_table(name, cut.table_from(spec.schema))
-    reduced = algebra_pb2.Rel()
-    reduced.join.type = _J.JOIN_TYPE_LEFT_SEMI
-    reduced.join.left.CopyFrom(target)
-    reduced.join.right.CopyFrom(copy)
-    reduced.join.expression.CopyFrom(_call(cut, "equal", [
-        _field(column), _field(len(target_schema) + reducer_column)]))
-    target.CopyFrom(reduced)
+    target.CopyFrom(_semi_join_rel(cut, target, len(target_schema), copy,
+                                   [(column, reducer_column)]))
     return True
 
 
