@@ -292,6 +292,11 @@ def test_coordinator_with_executors_started_by_hand(
                 cur.execute(texts[number])
                 assert as_multiset(cur.fetchall()) == as_multiset(
                     duck.execute(texts[number]).fetchall()), f"q{number}"
+            # q17's aggregate over lineitem keeps only the rows of the filtered parts
+            # (read whole in the same stage) before grouping.
+            cur.execute(f"EXPLAIN {texts[17]}")
+            assert re.search(r"join, aggregate\] reads tpch\.lineitem .*tpch\.part .*whole",
+                             dict(cur.fetchall())["distributed_plan"])
             # A full join broadcasts neither side: both are shuffled, into as many
             # partitions as the executors' machine has cores (one machine, counted once).
             shuffled = ("SELECT o_orderpriority, count(l_orderkey) FROM orders "
