@@ -24,14 +24,19 @@ from engine.arrow_types import conform_batch, sized_batches
 from engine.bridge import base_context
 from engine.distributed.stage_task import StageTask, stage_frame
 from engine.workers import (
+    ACK,
     BATCH,
     END,
     ERROR,
     FIRST_WRITTEN,
     REQUEST,
+    SLOT,
+    SLOT_COUNT,
     STAGE_REQUEST,
+    ResultSlots,
     decode_request,
     read_frame,
+    slot_ref,
     write_frame,
 )
 
@@ -93,7 +98,35 @@ def _partition_batches(ctx: SessionContext, plan: ExecutionPlan) -> Iterator[pa.
             yield item
 
 
-def _run(kind: bytes, payload: bytes, out: IO[bytes]) -> None:
+class _SlotWriter:
+    """Writes result messages into the shared slots, waiting for the server to free one
+    when all are taken; a message bigger than a slot goes through the pipe."""
+
+    def __init__(self, slots: ResultSlots, requests: IO[bytes]) -> None:
+        self._slots = slots
+        self._requests = requests
+        self._free = list(range(SLOT_COUNT))
+
+    def release(self, payload: bytes) -> None:
+        self._free.append(payload[0])
+
+    def write(self, out: IO[bytes], message: pa.Buffer) -> None:
+        if message.size > self._slots.slot_bytes:
+            write_frame(out, BATCH, message)
+            return
+        while not self._free:
+            out.flush()
+            frame = read_frame(self._requests)
+            if frame is None or frame[0] != ACK:
+                sys.exit("query worker: expected a freed slot")
+            self.release(frame[1])
+        slot = self._free.pop()
+        self._slots.view(slot, message.size)[:] = memoryview(message).cast("B")
+        write_frame(out, SLOT, slot_ref(slot, message.size))
+        out.flush()
+
+
+def _run(kind: bytes, payload: bytes, out: IO[bytes], slots: _SlotWriter) -> None:
     config, schema, plan_bytes, output = decode_request(payload)
     if kind == STAGE_REQUEST:
         ctx, frame = stage_frame(config, StageTask.decode(plan_bytes))
@@ -111,19 +144,25 @@ def _run(kind: bytes, payload: bytes, out: IO[bytes]) -> None:
         write_frame(out, END, json.dumps(counts).encode())
         return
     for batch in sized_batches(conformed, config.max_batch_bytes):
-        write_frame(out, BATCH, batch.serialize())
+        slots.write(out, batch.serialize())
     write_frame(out, END)
 
 
 def main() -> None:
     _exit_with_parent()
     source, out = sys.stdin.buffer, sys.stdout.buffer
+    fd, slot_bytes = (int(arg) for arg in sys.argv[1:3])
+    slots = _SlotWriter(ResultSlots(fd, slot_bytes), source)
+    os.close(fd)
     while (frame := read_frame(source)) is not None:
         kind, payload = frame
+        if kind == ACK:
+            slots.release(payload)
+            continue
         if kind not in (REQUEST, STAGE_REQUEST):
             sys.exit(f"query worker: unexpected frame {kind!r}")
         try:
-            _run(kind, payload, out)
+            _run(kind, payload, out, slots)
         except Exception as exc:
             # The error may leave this process's partitions running; a clean process is
             # cheaper to reason about than a busy one, so the worker ends after reporting.

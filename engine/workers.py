@@ -4,9 +4,11 @@ Once DataFusion computes a batch it cannot be interrupted from Python: an abando
 stream's CPU-bound operators run on to the end (measured: a cross join kept a core busy
 for as long as the whole query would have run). The server therefore plans a query,
 ships the physical plan (DataFusion's protobuf bytes) to a worker process and reads the
-result back as Arrow IPC messages over a pipe; a cancel or timeout kills the worker.
+result back as Arrow IPC messages; a cancel or timeout kills the worker.
 
-Frames on both pipes: one kind byte, an 8-byte big-endian length, the payload.
+Frames on both pipes: one kind byte, an 8-byte big-endian length, the payload. Result
+messages themselves pass through a few slots of memory the two processes share; the
+pipe only says which slot holds the next one, and the server says when it is free again.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import mmap
 import os
 import select
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import IO
@@ -38,9 +42,13 @@ REQUEST = b"Q"  # the plan part: a physical plan
 STAGE_REQUEST = b"S"  # the plan part: a stage task (engine.distributed.stage_task)
 BATCH = b"B"
 FIRST_WRITTEN = b"F"  # a map task's first batch is in its files
+SLOT = b"M"  # a result message in shared memory: its slot and length (_SLOT_REF)
+ACK = b"A"  # to the worker: the slot (one byte) is free again
 END = b"E"  # the payload: empty, or a map task's rows per partition (JSON)
 ERROR = b"X"
 _HEADER = struct.Struct(">cQ")
+_SLOT_REF = struct.Struct(">BQ")
+SLOT_COUNT = 3
 _POLL_SECONDS = 0.05
 _READ_CHUNK = 1 << 20
 _PIPE_BYTES = 1 << 20
@@ -85,14 +93,48 @@ def decode_request(payload: bytes
             MapOutput.decode(output) if output else None)
 
 
+class ResultSlots:
+    """Fixed-size slots in one shared memory file, through which a worker hands result
+    messages to its server: each byte is copied in once, where a pipe costs a write and a
+    read (measured: 0.14 CPU-s per 280 MB through a pipe against 0.03 for one copy)."""
+
+    @staticmethod
+    def new_file(slot_bytes: int) -> int:
+        """A file descriptor for the slots' memory, which no path names."""
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("krishiv-results")
+        else:  # not Linux: an unlinked temporary file
+            with tempfile.TemporaryFile() as file:
+                fd = os.dup(file.fileno())
+        os.ftruncate(fd, SLOT_COUNT * slot_bytes)
+        return fd
+
+    def __init__(self, fd: int, slot_bytes: int) -> None:
+        self.slot_bytes = slot_bytes
+        self.memory = mmap.mmap(fd, SLOT_COUNT * slot_bytes)
+
+    def view(self, slot: int, length: int) -> memoryview:
+        start = slot * self.slot_bytes
+        return memoryview(self.memory)[start: start + length]
+
+
+def slot_ref(slot: int, length: int) -> bytes:
+    return _SLOT_REF.pack(slot, length)
+
+
 class _Worker:
     """One worker process; its stdout is read without blocking so cancels are seen."""
 
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "engine.worker_main"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
-        )
+    def __init__(self, slot_bytes: int) -> None:
+        fd = ResultSlots.new_file(slot_bytes)
+        try:
+            self.slots = ResultSlots(fd, slot_bytes)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "engine.worker_main", str(fd), str(slot_bytes)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, pass_fds=(fd,),
+            )
+        finally:
+            os.close(fd)
         assert self.process.stdin is not None and self.process.stdout is not None
         self._stdin = self.process.stdin
         self._fd = self.process.stdout.fileno()
@@ -173,7 +215,8 @@ class QueryWorkers:
         request = encode_request(self._config, schema, plan)
         for kind, payload in self._frames(REQUEST, request, timeout_s, is_cancelled):
             if kind == BATCH:
-                message = pa.py_buffer(payload)
+                # A message in shared memory is only valid until the next frame is read.
+                message = pa.py_buffer(payload if encoded else bytes(payload))
                 yield message if encoded else pa.ipc.read_record_batch(message, schema)
 
     def write_map_output(
@@ -209,6 +252,11 @@ class QueryWorkers:
             worker.send(request_kind, request)
             while True:
                 kind, payload = worker.read_frame(until)
+                if kind == SLOT:
+                    slot, length = _SLOT_REF.unpack(payload)
+                    yield BATCH, worker.slots.view(slot, length)
+                    worker.send(ACK, bytes([slot]))
+                    continue
                 if kind == ERROR:  # the worker ends after reporting it
                     raise classify_datafusion_error(Exception(bytes(payload).decode()))
                 reusable = kind == END
@@ -222,8 +270,12 @@ class QueryWorkers:
         with self._lock:
             worker = self._idle.pop() if self._idle else None
         if worker is None or worker.process.poll() is not None:
-            worker = _Worker()
+            worker = self._new_worker()
         return worker
+
+    def _new_worker(self) -> _Worker:
+        # Room for a message of the largest batch, its metadata and padding.
+        return _Worker(self._config.max_batch_bytes + (256 << 10))
 
     def _give_back(self, worker: _Worker) -> None:
         with self._lock:
@@ -239,7 +291,7 @@ class QueryWorkers:
     def _refill(self) -> None:
         with self._lock:
             while not self._closed and len(self._idle) < self._keep_started:
-                self._idle.append(_Worker())
+                self._idle.append(self._new_worker())
 
     def close(self) -> None:
         with self._lock:
