@@ -6,7 +6,8 @@ Iceberg tables Krishiv serves. Krishiv runs as real processes: `krishiv serve` (
 and `krishiv serve --executors N` (single-node cluster: stages and Flight shuffles), or
 with `--separate` a coordinator and N executors started one by one. DataFusion gets the
 same target partitions as Krishiv (the machine's cores). Every Krishiv answer is checked
-against DuckDB's. Warm runs; per engine and query the median of `--runs`.
+against DuckDB's: the same rows, in the order of the query's ORDER BY keys. Warm runs;
+per engine and query the median of `--runs`.
 
     python -m bench tpch --scale 1 [--runs 3] [--queries 1-22] [--warehouse DIR]
                          [--executors 2] [--separate] [--no-cluster]
@@ -35,7 +36,7 @@ import pyarrow as pa
 from bench.servers import KrishivMode, running_krishiv
 from catalog import IcebergCatalog, TableIdent
 from engine.demo import DEMO_NAMESPACE, TPCH_TABLES, load_tpch_demo
-from tests.reference import as_multiset, duckdb_over_catalog, tpch_queries
+from tests.reference import duckdb_over_catalog, matches, tpch_queries
 
 # Why there is no Ballista column on these machines (checked with pip, 2026-11-29).
 BALLISTA_UNAVAILABLE = (
@@ -174,8 +175,7 @@ def _run_all(runners: dict[str, Runner], texts: dict[int, str], numbers: list[in
         answers: dict[str, object] = {}
         for column, runner in runners.items():
             row[column], answers[column] = _median_seconds(lambda r=runner, t=text: r(t), runs)
-        expected = as_multiset(duck.execute(text).fetchall())
-        row["correct"] = {c: as_multiset(_rows(answers[c])) == expected  # type: ignore[arg-type]
+        row["correct"] = {c: matches(_rows(answers[c]), duck, text)  # type: ignore[arg-type]
                           for c in checked}
         results[str(number)] = row
         print(f"q{number}: " + ", ".join(f"{c} {row[c]:.3f}s" for c in runners)  # type: ignore[str-format]

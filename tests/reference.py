@@ -8,6 +8,8 @@ from pathlib import Path
 
 import duckdb
 import duckdb_extension_tpch
+import sqlglot
+from sqlglot import exp
 
 from catalog import Catalog, TableIdent
 from engine.demo import DEMO_NAMESPACE, TPCH_TABLES
@@ -44,3 +46,38 @@ def normalized(value: object) -> object:
 
 def as_multiset(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
     return sorted((tuple(normalized(v) for v in row) for row in rows), key=repr)
+
+
+def order_keys(sql: str, names: list[str]) -> list[int]:
+    """The output columns (indexes into `names`) that the query's outermost ORDER BY
+    sorts by; [] without one."""
+    order = sqlglot.parse_one(sql, read="duckdb").args.get("order")
+    if order is None:
+        return []
+    lowered = [name.lower() for name in names]
+    keys = []
+    for item in order.expressions:
+        key = item.this
+        if isinstance(key, exp.Column) and key.name.lower() in lowered:
+            keys.append(lowered.index(key.name.lower()))
+        elif isinstance(key, exp.Literal) and key.is_int:
+            keys.append(int(key.this) - 1)
+        else:
+            raise ValueError(f"ORDER BY {key.sql()} is not an output column")
+    return keys
+
+
+def in_order(rows: list[tuple[object, ...]], keys: list[int]) -> list[tuple[object, ...]]:
+    """Each row's sort keys, in the rows' order: equal for two correctly ordered answers
+    to the same query, however each broke ties."""
+    return [tuple(normalized(row[k]) for k in keys) for row in rows]
+
+
+def matches(got: list[tuple[object, ...]], duck: duckdb.DuckDBPyConnection,
+            sql: str) -> bool:
+    """Whether `got` holds DuckDB's rows for `sql`, in the order its ORDER BY asks for."""
+    result = duck.execute(sql)
+    expected = result.fetchall()
+    keys = order_keys(sql, [column[0] for column in result.description])
+    return (as_multiset(got) == as_multiset(expected)
+            and in_order(got, keys) == in_order(expected, keys))

@@ -30,7 +30,7 @@ from flight_server.protocol import pack
 from tests.conftest import adbc_connect
 from tests.cpu import assert_cpu_freed, process_tree, wait_busy
 from tests.flight_raw import bearer, grpc_status_of_query
-from tests.reference import as_multiset, duckdb_over_catalog, tpch_queries
+from tests.reference import as_multiset, duckdb_over_catalog, matches, tpch_queries
 from tests.servers import RunningServer, running_server, start_krishiv
 
 TOKEN = "cluster-client-token"
@@ -64,9 +64,7 @@ def test_tpch_on_executors_matches_duckdb(cluster: RunningServer,
     with adbc_connect(cluster) as conn, conn.cursor() as cur:
         for number in range(1, 23):
             cur.execute(texts[number])
-            got = cur.fetchall()
-            expected = duck.execute(texts[number]).fetchall()
-            assert as_multiset(got) == as_multiset(expected), f"q{number}"
+            assert matches(cur.fetchall(), duck, texts[number]), f"q{number}"
     assert len(_executors_that_ran_tasks(cluster)) == 2  # both executors worked
 
 
@@ -442,8 +440,7 @@ def test_direct_results_come_from_the_executors(direct_cluster: RunningServer,
     with adbc_connect(direct_cluster) as conn, conn.cursor() as cur:
         for number in (1, 3, 13, 18):
             cur.execute(texts[number])
-            got = cur.fetchall()
-            assert as_multiset(got) == as_multiset(duck.execute(texts[number]).fetchall())
+            assert matches(cur.fetchall(), duck, texts[number]), f"q{number}"
 
 
 def test_executors_refuse_forged_and_unsigned_tickets(direct_cluster: RunningServer) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pytest
 
@@ -19,6 +20,7 @@ from engine.session import datafusion_text
 from engine.text_cache import KEPT_LENGTH, by_short_text
 from flight_server.config import ConfigError, auth_config, parse_size, parse_users, split_tokens
 from flight_server.metadata import like_matcher
+from tests.reference import matches, order_keys
 
 
 @pytest.mark.parametrize(
@@ -153,3 +155,16 @@ def test_only_short_texts_are_kept() -> None:
     assert [length(short), length(short), length(long), length(long)] == [10, 10] + [
         KEPT_LENGTH + 1] * 2
     assert calls == [short, long, long]
+
+
+def test_answers_are_checked_in_order_of_their_order_by_keys() -> None:
+    """The reference check takes ties in any order but not rows out of order."""
+    duck = duckdb.connect()
+    text = ("SELECT x AS k, y FROM (VALUES (2, 'c'), (1, 'a'), (1, 'b')) AS t(x, y) "
+            "ORDER BY k DESC")
+    assert matches([(2, "c"), (1, "b"), (1, "a")], duck, text)
+    assert matches([(2, "c"), (1, "a"), (1, "b")], duck, text)
+    assert not matches([(1, "a"), (2, "c"), (1, "b")], duck, text)
+    assert not matches([(2, "c"), (1, "a")], duck, text)
+    assert order_keys("SELECT a, b FROM t ORDER BY 2, a", ["a", "b"]) == [1, 0]
+    assert order_keys("SELECT a FROM t", ["a"]) == []
