@@ -38,9 +38,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.common import adbc_connect, error_status, markdown_table, ms, percentile
+
+if TYPE_CHECKING:
+    from tests.reference import Answer
 
 _MIXED_TPCH = (1, 3, 6, 10, 14)
 _EXTRA = {
@@ -191,13 +194,10 @@ class _Level:
 
 
 def _summarize(clients: int, results: list[ClientResult],
-               expected: dict[str, list[tuple[Any, ...]]]) -> _Level:
-    from tests.reference import as_multiset
-
+               expected: dict[str, Answer]) -> _Level:
     level = _Level(clients, 0, max(r.elapsed for r in results), {}, [], Counter(), {})
     for result in results:
-        correct = {key: as_multiset(rows) == expected[key[0]]
-                   for key, rows in result.answers.items()}
+        correct = {key: expected[key[0]].matches(rows) for key, rows in result.answers.items()}
         for key, rows in result.answers.items():
             if not correct[key]:
                 level.wrong.append(f"{key[0]}: {rows[:3]!r}")
@@ -239,14 +239,14 @@ def _run(args: argparse.Namespace, levels: list[int], warehouse: Path) -> None:
     from bench.servers import KrishivMode, running_krishiv
     from catalog import IcebergCatalog
     from engine.demo import load_tpch_demo
-    from tests.reference import as_multiset, duckdb_over_catalog, tpch_queries
+    from tests.reference import duckdb_over_catalog, reference_answer, tpch_queries
 
     catalog = IcebergCatalog.embedded(str(warehouse))
     load_tpch_demo(catalog, args.scale, scratch=warehouse)
     duck = duckdb_over_catalog(catalog)
     texts = tpch_queries(duck)
     queries = [(f"q{n}", texts[n]) for n in _MIXED_TPCH] + list(_EXTRA.items())
-    expected = {name: as_multiset(duck.execute(text).fetchall()) for name, text in queries}
+    expected = {name: reference_answer(duck, text) for name, text in queries}
     duck.close()
 
     results: list[_Level] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -73,11 +74,26 @@ def in_order(rows: list[tuple[object, ...]], keys: list[int]) -> list[tuple[obje
     return [tuple(normalized(row[k]) for k in keys) for row in rows]
 
 
-def matches(got: list[tuple[object, ...]], duck: duckdb.DuckDBPyConnection,
-            sql: str) -> bool:
-    """Whether `got` holds DuckDB's rows for `sql`, in the order its ORDER BY asks for."""
+@dataclass(frozen=True)
+class Answer:
+    """DuckDB's answer to a query: its rows, and the sort keys of each row in order."""
+
+    rows: list[tuple[object, ...]]
+    keys: list[int]
+    ordered: list[tuple[object, ...]]
+
+    def matches(self, got: list[tuple[object, ...]]) -> bool:
+        """Whether `got` holds these rows, in the order the query's ORDER BY asks for."""
+        return as_multiset(got) == self.rows and in_order(got, self.keys) == self.ordered
+
+
+def reference_answer(duck: duckdb.DuckDBPyConnection, sql: str) -> Answer:
     result = duck.execute(sql)
     expected = result.fetchall()
     keys = order_keys(sql, [column[0] for column in result.description])
-    return (as_multiset(got) == as_multiset(expected)
-            and in_order(got, keys) == in_order(expected, keys))
+    return Answer(as_multiset(expected), keys, in_order(expected, keys))
+
+
+def matches(got: list[tuple[object, ...]], duck: duckdb.DuckDBPyConnection,
+            sql: str) -> bool:
+    return reference_answer(duck, sql).matches(got)
