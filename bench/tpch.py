@@ -7,7 +7,7 @@ and `krishiv serve --executors N` (single-node cluster: stages and Flight shuffl
 with `--separate` a coordinator and N executors started one by one. DataFusion gets the
 same target partitions as Krishiv (the machine's cores). Every Krishiv answer is checked
 against DuckDB's: the same rows, in the order of the query's ORDER BY keys. Warm runs;
-per engine and query the median of `--runs`.
+per engine and query the median of `--runs`, the engines taking turns run by run.
 
     python -m bench tpch --scale 1 [--runs 3] [--queries 1-22] [--warehouse DIR]
                          [--executors 2] [--separate] [--no-cluster]
@@ -47,14 +47,20 @@ BALLISTA_UNAVAILABLE = (
 Runner = Callable[[str], object]
 
 
-def _median_seconds(run: Callable[[], object], runs: int) -> tuple[float, object]:
-    run()  # warm-up
-    times, result = [], None
+def _interleaved_medians(runners: dict[str, Runner], text: str, runs: int
+                         ) -> dict[str, tuple[float, object]]:
+    """Per engine: the median seconds of `runs` timed runs of `text`, and its answer.
+
+    After one warm-up run each, the engines take turns run by run, so a slow spell of
+    the machine (they last seconds here) falls on all of them alike."""
+    answers = {column: run(text) for column, run in runners.items()}
+    times: dict[str, list[float]] = {column: [] for column in runners}
     for _ in range(runs):
-        started = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
+        for column, run in runners.items():
+            started = time.perf_counter()
+            answers[column] = run(text)
+            times[column].append(time.perf_counter() - started)
+    return {column: (statistics.median(times[column]), answers[column]) for column in runners}
 
 
 def _datafusion(catalog: IcebergCatalog, partitions: int, links: Path
@@ -173,8 +179,8 @@ def _run_all(runners: dict[str, Runner], texts: dict[int, str], numbers: list[in
         text = texts[number]
         row: dict[str, object] = {}
         answers: dict[str, object] = {}
-        for column, runner in runners.items():
-            row[column], answers[column] = _median_seconds(lambda r=runner, t=text: r(t), runs)
+        for column, (seconds, answer) in _interleaved_medians(runners, text, runs).items():
+            row[column], answers[column] = seconds, answer
         row["correct"] = {c: matches(_rows(answers[c]), duck, text)  # type: ignore[arg-type]
                           for c in checked}
         results[str(number)] = row
