@@ -1,15 +1,16 @@
 """A Flight SQL responder that does no work, on pyarrow's C++ Flight server: the floor a
-client's round trips cost before any server work (for bench.latency).
+client's round trips cost before any server work (for bench.latency), and, serving a
+table, the bare server ADBC fetches from in bench.streaming.
 
-It answers every prepared statement with the same one-row result, and GetSqlInfo (which
-the ADBC driver asks for when it connects) with every value, and keeps no state.
+It answers every statement with the same result (by default one row), and GetSqlInfo
+(which the ADBC driver asks for when it connects) with every value, and keeps no state.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.synchronize
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pyarrow as pa
@@ -35,13 +36,22 @@ def _is_sql_info(command: bytes) -> bool:
     return wrapper.Is(sql.CommandGetSqlInfo.DESCRIPTOR)
 
 
-class _Stub(flight.FlightServerBase):
+Result = Callable[[], pa.Table | pa.RecordBatchReader]
+
+
+class FlightSqlStub(flight.FlightServerBase):
+    def __init__(self, location: str, result: Result = lambda: _RESULT,
+                 schema: pa.Schema = _RESULT.schema) -> None:
+        super().__init__(location)
+        self._result = result
+        self._schema = schema
+
     def do_action(self, context: flight.ServerCallContext, action: flight.Action
                   ) -> Iterator[bytes]:
         if action.type == "CreatePreparedStatement":
             yield _packed(sql.ActionCreatePreparedStatementResult(
                 prepared_statement_handle=b"stub",
-                dataset_schema=_RESULT.schema.serialize().to_pybytes(),
+                dataset_schema=self._schema.serialize().to_pybytes(),
                 parameter_schema=pa.schema([]).serialize().to_pybytes()))
 
     def get_flight_info(self, context: flight.ServerCallContext,
@@ -49,19 +59,19 @@ class _Stub(flight.FlightServerBase):
         if _is_sql_info(descriptor.command):
             return flight.FlightInfo(SQL_INFO_SCHEMA, descriptor,
                                      [flight.FlightEndpoint(b"sql-info", [])], -1, -1)
-        return flight.FlightInfo(_RESULT.schema, descriptor,
-                                 [flight.FlightEndpoint(b"result", [])], 1, -1)
+        return flight.FlightInfo(self._schema, descriptor,
+                                 [flight.FlightEndpoint(b"result", [])], -1, -1)
 
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket
                ) -> flight.FlightDataStream:
         if ticket.ticket == b"sql-info":
             batch = sql_info_batch([], "stub", read_only=True)
             return flight.RecordBatchStream(pa.Table.from_batches([batch]))
-        return flight.RecordBatchStream(_RESULT)
+        return flight.RecordBatchStream(self._result())
 
 
 def _serve(ready: multiprocessing.Queue, stop: multiprocessing.synchronize.Event) -> None:
-    server = _Stub("grpc://127.0.0.1:0")
+    server = FlightSqlStub("grpc://127.0.0.1:0")
     ready.put(server.port)
     stop.wait()
     server.shutdown()

@@ -2,11 +2,11 @@
 
 A table of `--rows` rows and 4 columns (bench.transport's `make_table`: int64, double,
 int64, int32; 28 bytes a row) is created in an embedded Krishiv server with ADBC bulk
-ingest, then fetched with `SELECT * FROM stream_table` through the ADBC DB-API
-(`execute`, `fetch_arrow_table`). The same table is served from memory by a bare pyarrow
-Flight server in its own process and fetched with `do_get(...).read_all()`. A second bare
-pyarrow Flight server does the same work as Krishiv: each DoGet reads the Iceberg table's
-Parquet files (pyarrow.dataset) and streams them. All three are fetched in turn (one
+ingest. The same table is served from memory by a bare pyarrow Flight server in its own
+process (bench.flightsql_stub: it answers any statement with the table). A second bare
+server does the same work as Krishiv: each DoGet reads the Iceberg table's Parquet files
+(pyarrow.dataset) and streams them. All three are fetched by the same client, the ADBC
+DB-API (`execute("SELECT * FROM stream_table")`, `fetch_arrow_table()`), in turn (one
 warm-up each, then `--runs` rounds); reported: the median MB/s of each (MB = fetched
 `table.nbytes` / 1e6) and Krishiv's ratio to each. Every fetch's row count is checked.
 
@@ -16,6 +16,7 @@ warm-up each, then `--runs` rounds); reported: the median MB/s of each (MB = fet
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import multiprocessing.synchronize
 import statistics
@@ -29,40 +30,44 @@ import pyarrow.dataset as pds
 import pyarrow.flight as flight
 
 from bench.common import adbc_connect, markdown_table
-from bench.transport import _PyarrowServer, make_table
+from bench.flightsql_stub import FlightSqlStub
+from bench.transport import make_table
 from catalog import IcebergCatalog, TableIdent
 from engine.demo import DEMO_NAMESPACE
 
 
 def _serve_bare(rows: int, batch_rows: int, ready: multiprocessing.Queue,
                 stop: multiprocessing.synchronize.Event) -> None:
-    """A pyarrow Flight server whose every DoGet returns the table (in a spawned process)."""
-    server = _PyarrowServer("grpc://127.0.0.1:0",
-                            make_table(rows).to_batches(max_chunksize=batch_rows))
-    ready.put(server.port)
-    stop.wait()
-    server.shutdown()
-
-
-class _FilesServer(flight.FlightServerBase):
-    """Every DoGet reads `files` (Parquet) and streams their rows."""
-
-    def __init__(self, location: str, files: list[str]) -> None:
-        super().__init__(location)
-        self._files = files
-
-    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket
-               ) -> flight.FlightDataStream:
-        return flight.RecordBatchStream(
-            pds.dataset(self._files, format="parquet").scanner().to_reader())
+    """A bare server whose every DoGet returns the table (in a spawned process)."""
+    table = pa.Table.from_batches(make_table(rows).to_batches(max_chunksize=batch_rows))
+    _serve(FlightSqlStub("grpc://127.0.0.1:0", lambda: table, table.schema), ready, stop)
 
 
 def _serve_files(files: list[str], ready: multiprocessing.Queue,
                  stop: multiprocessing.synchronize.Event) -> None:
-    server = _FilesServer("grpc://127.0.0.1:0", files)
+    """A bare server whose every DoGet reads `files` (Parquet) and streams their rows."""
+    dataset = pds.dataset(files, format="parquet")
+    _serve(FlightSqlStub("grpc://127.0.0.1:0", lambda: dataset.scanner().to_reader(),
+                         dataset.schema), ready, stop)
+
+
+def _serve(server: flight.FlightServerBase, ready: multiprocessing.Queue,
+           stop: multiprocessing.synchronize.Event) -> None:
     ready.put(server.port)
     stop.wait()
     server.shutdown()
+
+
+def _select_all(clients: contextlib.ExitStack, port: int) -> Callable[[], pa.Table]:
+    """A fetch of `SELECT * FROM stream_table` from the server on `port`, through ADBC."""
+    conn = clients.enter_context(contextlib.closing(adbc_connect(port)))
+    cursor = clients.enter_context(contextlib.closing(conn.cursor()))
+
+    def fetch() -> pa.Table:
+        cursor.execute("SELECT * FROM stream_table")
+        return cursor.fetch_arrow_table()
+
+    return fetch
 
 
 def _timed(fetch: Callable[[], pa.Table], rows: int, what: str) -> float:
@@ -95,42 +100,30 @@ def main(argv: list[str] | None = None) -> None:
         try:
             bare.start()
             with running_krishiv(KrishivMode(), Path(tmp), scale=0.01) as port:
-                conn = adbc_connect(port)
-                cursor = conn.cursor()
-                started = time.perf_counter()
-                # Sent as 64k-row batches: one gRPC message each, the driver refuses
-                # messages over 16 MiB.
-                cursor.adbc_ingest("stream_table", pa.Table.from_batches(
-                    table.to_batches(max_chunksize=65536)), mode="create")
-                ingest_s = time.perf_counter() - started
+                with adbc_connect(port) as conn, conn.cursor() as cursor:
+                    started = time.perf_counter()
+                    # Sent as 64k-row batches: one gRPC message each, the driver refuses
+                    # messages over 16 MiB.
+                    cursor.adbc_ingest("stream_table", pa.Table.from_batches(
+                        table.to_batches(max_chunksize=65536)), mode="create")
+                    ingest_s = time.perf_counter() - started
 
-                def krishiv() -> pa.Table:
-                    cursor.execute("SELECT * FROM stream_table")
-                    return cursor.fetch_arrow_table()
-
-                client = flight.connect(f"grpc://127.0.0.1:{ready.get(timeout=300)}")
                 files = list(IcebergCatalog.embedded(tmp).scan(
                     TableIdent(DEMO_NAMESPACE, "stream_table")).data_files)
                 servers.append(context.Process(target=_serve_files,
                                                args=(files, files_ready, stop)))
                 servers[-1].start()
-                files_client = flight.connect(
-                    f"grpc://127.0.0.1:{files_ready.get(timeout=300)}")
-                fetches: dict[str, Callable[[], pa.Table]] = {
-                    "krishiv": krishiv,
-                    "bare": lambda: client.do_get(flight.Ticket(b"all")).read_all(),
-                    "files": lambda: files_client.do_get(flight.Ticket(b"all")).read_all(),
-                }
-                for name, fetch in fetches.items():  # warm-up
-                    _timed(fetch, args.rows, name)
-                rates: dict[str, list[float]] = {name: [] for name in fetches}
-                for _ in range(args.runs):
-                    for name, fetch in fetches.items():
-                        rates[name].append(_timed(fetch, args.rows, name))
-                client.close()
-                files_client.close()
-                cursor.close()
-                conn.close()
+                ports = {"krishiv": port, "bare": ready.get(timeout=300),
+                         "files": files_ready.get(timeout=300)}
+                with contextlib.ExitStack() as clients:
+                    fetches = {name: _select_all(clients, server_port)
+                               for name, server_port in ports.items()}
+                    for name, fetch in fetches.items():  # warm-up
+                        _timed(fetch, args.rows, name)
+                    rates: dict[str, list[float]] = {name: [] for name in fetches}
+                    for _ in range(args.runs):
+                        for name, fetch in fetches.items():
+                            rates[name].append(_timed(fetch, args.rows, name))
         finally:
             stop.set()
             for server in servers:
@@ -141,14 +134,15 @@ def main(argv: list[str] | None = None) -> None:
                     server.join()
     k, b, f = (statistics.median(rates[name]) for name in ("krishiv", "bare", "files"))
     print(f"Result streaming: {args.rows:,} rows x 4 columns, {table.nbytes / 1e6:.0f} MB "
-          f"(Arrow nbytes); Krishiv embedded, ADBC DB-API execute + fetch_arrow_table; bare "
-          f"pyarrow Flight server ({args.batch_rows}-row batches) in its own process, "
-          f"do_get().read_all(); a bare pyarrow Flight server reading the table's Parquet "
-          f"files per DoGet (pyarrow.dataset); fetched in turn, 1 warm-up each, median of "
-          f"{args.runs}; ingest of the table took {ingest_s:.1f} s")
+          f"(Arrow nbytes), each server fetched with the ADBC DB-API (execute + "
+          f"fetch_arrow_table): Krishiv embedded; a bare pyarrow Flight server holding the "
+          f"table in memory ({args.batch_rows}-row batches) in its own process; a bare "
+          f"pyarrow Flight server reading the table's Parquet files per DoGet "
+          f"(pyarrow.dataset); fetched in turn, 1 warm-up each, median of {args.runs}; "
+          f"ingest of the table took {ingest_s:.1f} s")
     print()
     print(markdown_table(
-        ["Krishiv ADBC MB/s", "bare pyarrow, from memory MB/s",
+        ["Krishiv MB/s", "bare pyarrow, from memory MB/s",
          "bare pyarrow, same Parquet files MB/s", "krishiv/memory", "krishiv/files",
          "Krishiv runs", "memory runs", "files runs"],
         [[f"{k:.0f}", f"{b:.0f}", f"{f:.0f}", f"{k / b:.2f}", f"{k / f:.2f}",
