@@ -65,10 +65,14 @@ def shippable_plan(plan: ExecutionPlan) -> bytes | None:
         raise
 
 
-def one_row_of_values(plan: ExecutionPlan) -> bool:
-    """Whether the plan only computes values over one placeholder row (`SELECT 1`): it
-    runs here at once, since a worker's round trip (about 0.7 ms) costs more."""
-    return _node_names(plan) <= {"ProjectionExec", "PlaceholderRowExec"}
+def one_row_of_values(frame: DataFrame) -> bool:
+    """Whether the query only computes values over one placeholder row (`SELECT 1`): it
+    runs here at once, since a worker's round trip (about 0.7 ms) costs more. Read from
+    the logical plan, which costs no physical planning: projections over one empty row,
+    with no subquery (a subquery's plan shows as lines of its own)."""
+    *projections, source = frame.logical_plan().display_indent().splitlines()
+    return (source.strip() == "EmptyRelation: rows=1"
+            and all(line.lstrip().startswith("Projection: ") for line in projections))
 
 
 def _node_names(plan: ExecutionPlan) -> set[str]:
@@ -90,6 +94,7 @@ class SqlEngine:
         self._runner = StreamRunner()
         self._workers = QueryWorkers(config)
         self.admission = Admission(config.max_running_queries, config.max_queued_queries)
+        self._table_free: dict[str, SessionContext] = {}
 
     def session(self, default_schema: str | None = None, dialect: str = DATAFUSION,
                 temporary: dict[str, pa.Table] | None = None) -> Session:
@@ -112,6 +117,15 @@ class SqlEngine:
         ctx.register_catalog_provider(self.config.catalog_name, bridge)
         return ctx
 
+    def table_free_context(self, default_schema: str) -> SessionContext:
+        """One context shared by the queries that name no table (`SELECT 1`, a pool's
+        liveness check): making one costs more than planning such a query. Only without
+        a memory limit, which a context's memory pool enforces per query."""
+        ctx = self._table_free.get(default_schema)
+        if ctx is None:
+            ctx = self._table_free.setdefault(default_schema, self.new_context(default_schema))
+        return ctx
+
     @overload
     def stream(self, query: PlannedQuery, is_cancelled: Callable[[], bool]
                ) -> Iterator[pa.RecordBatch]: ...
@@ -128,10 +142,12 @@ class SqlEngine:
         if query.rows is not None:
             yield from query.rows.to_batches()
             return
-        with self._admitted(query, is_cancelled) as plan:
-            if one_row_of_values(plan):
+        assert query.frame is not None
+        if one_row_of_values(query.frame):
+            with self.admission.slot(is_cancelled, self.config.query_timeout_s):
                 yield from self._one_row(query)
-                return
+            return
+        with self._admitted(query, is_cancelled) as plan:
             with translated_errors():
                 shipped = shippable_plan(plan)
             if shipped is not None:
@@ -323,6 +339,9 @@ class Session:
             return parameter_schema(query.frame.logical_plan())
 
     def _context_for(self, sql: str) -> SessionContext:
+        if (not self.temporary and self.engine.config.memory_limit_bytes is None
+                and all_referenced_tables(sql, self.default_schema) == frozenset()):
+            return self.engine.table_free_context(self.default_schema)
         with translated_errors():
             resolved = self.engine.resolve_tables(sql, self.default_schema)
         for name, rows in self.temporary.items():
