@@ -156,3 +156,27 @@ def test_big_ordered_results_come_back_whole_in_order(catalog: Catalog) -> None:
         assert pa.Table.from_batches(decoded, query.schema).equals(expected)
     finally:
         sql_engine.close()
+
+
+def test_only_queries_naming_no_table_share_a_context(catalog: Catalog) -> None:
+    """A context costs more to make than `SELECT 1` costs to plan, so queries that name
+    no table share one; queries over tables, sessions with temporary tables and engines
+    with a per-query memory limit still get their own."""
+    catalog.create_namespace("public")
+    catalog.create_table(TableIdent("public", "items"), ROWS.schema)
+    shared_engine = SqlEngine(catalog, EngineConfig())
+    limited_engine = SqlEngine(catalog, EngineConfig(memory_limit_bytes=1 << 30))
+    try:
+        session = shared_engine.session()
+        shared = shared_engine.table_free_context("public")
+        assert session._context_for("SELECT 1") is shared
+        assert session._context_for("SELECT now(), random()") is shared
+        assert session._context_for("SELECT * FROM items") is not shared
+        temporary = shared_engine.session(temporary={"scratch": ROWS})
+        assert temporary._context_for("SELECT 1") is not shared
+        limited = limited_engine.session()
+        assert limited._context_for("SELECT 1") is not limited._context_for("SELECT 1")
+        assert _rows(shared_engine, "SELECT 1 AS one") == [{"one": 1}]
+    finally:
+        shared_engine.close()
+        limited_engine.close()
