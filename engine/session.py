@@ -138,7 +138,8 @@ class SqlEngine:
         self, query: PlannedQuery, is_cancelled: Callable[[], bool], encoded: bool = False
     ) -> Iterator[ResultBatch]:
         """The query's result batches; with `encoded`, batches from a query worker come as
-        the IPC messages it sent (for a client, not for computing on)."""
+        the IPC messages it sent (for a client, not for computing on), each valid only
+        until the next is asked for."""
         if query.rows is not None:
             yield from query.rows.to_batches()
             return

@@ -211,7 +211,8 @@ class QueryWorkers:
         encoded: bool = False,
     ) -> Iterator[ResultBatch]:
         """Run `plan` in a worker; batches with `schema`, at most `max_batch_bytes` each
-        (with `encoded`, as the IPC messages the worker sent)."""
+        (with `encoded`, as the IPC messages the worker sent, each valid only until the
+        next is asked for: its memory is then the worker's again)."""
         request = encode_request(self._config, schema, plan)
         for kind, payload in self._frames(REQUEST, request, timeout_s, is_cancelled):
             if kind == BATCH:
@@ -244,7 +245,9 @@ class QueryWorkers:
     def _frames(self, request_kind: bytes, request: bytes, timeout_s: float | None,
                 is_cancelled: Callable[[], bool]) -> Iterator[tuple[bytes, memoryview]]:
         """Send `request` to a worker and yield its frames up to and including END; an
-        ERROR frame raises. The worker is reused only if its answer was read to END."""
+        ERROR frame raises. A message in a shared slot comes as a BATCH frame whose
+        payload is the slot's memory, freed when the next frame is asked for. The worker
+        is reused only if its answer was read to END."""
         until = limits_check(timeout_s, is_cancelled)
         worker = self._take()
         reusable = False
