@@ -239,12 +239,16 @@ def start_flight_server(
     )
     server.add_generic_rpc_handlers((service.rpc_handler(),))
     address = f"{host}:{port}"
-    if config.tls is not None:
-        bound = server.add_secure_port(address, config.tls.credentials())
-    else:
-        bound = server.add_insecure_port(address)
+    try:
+        if config.tls is not None:
+            bound = server.add_secure_port(address, config.tls.credentials())
+        else:
+            bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio's word for a port it cannot bind
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
+        raise OSError(f"cannot listen on {host}:{port}: the port is in use or the address "
+                      "is not this machine's")
     server.start()
     return server, bound
 

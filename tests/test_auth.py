@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 from flight_server.generated import FlightSql_pb2 as sql
 from tests.conftest import adbc_connect
 from tests.flight_raw import basic_header, bearer, fetch
-from tests.servers import RunningServer, start_server
+from tests.servers import KRISHIV, RunningServer, start_server
 
 QUERY = sql.CommandStatementQuery(query="SELECT 1 AS one")
 
@@ -100,6 +102,20 @@ def test_refuses_non_loopback_without_tokens(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"refusing to listen on 0\.0\.0\.0 without bearer"):
         start_server(tmp_path / "wh", tmp_path, args=["--host", "0.0.0.0"],
                      ready_timeout_s=60)
+
+
+def test_port_in_use_is_a_one_line_error(tmp_path: Path, demo_warehouse: Path) -> None:
+    running = start_server(demo_warehouse, tmp_path)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KRISHIV_")}
+        done = subprocess.run(
+            [KRISHIV, "serve", "--warehouse", str(tmp_path / "other"), "--port",
+             str(running.port)], capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode != 0
+        assert f"cannot listen on 127.0.0.1:{running.port}: the port is in use" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        running.stop()
 
 
 def test_loopback_without_tokens_serves_and_warns(tmp_path: Path, demo_warehouse: Path) -> None:
