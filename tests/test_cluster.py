@@ -99,6 +99,17 @@ REUSED_PARTITIONING = [
 ]
 
 
+def test_long_ordered_results_keep_their_order_on_executors(
+        cluster: RunningServer, duck: duckdb.DuckDBPyConnection) -> None:
+    text = ("SELECT l_orderkey, l_linenumber, l_comment FROM lineitem "
+            "ORDER BY l_orderkey DESC, l_linenumber")
+    with adbc_connect(cluster) as conn, conn.cursor() as cur:
+        cur.execute(text)
+        got = cur.fetchall()
+    assert len(got) > 32_768
+    assert matches(got, duck, text)
+
+
 def test_join_inputs_found_small_are_broadcast(demo_warehouse: Path, tmp_path: Path,
                                                duck: duckdb.DuckDBPyConnection) -> None:
     """Adaptive broadcast: with a limit below most tables' files, a join input that
