@@ -397,7 +397,7 @@ def _two_phase(cut: _Cut, rel: algebra_pb2.Rel, child: algebra_pb2.Rel, dist: _D
     original.aggregate.CopyFrom(aggregate)
     original.aggregate.input.CopyFrom(child)
     original.aggregate.ClearField("common")
-    output_types = _substrait_types(cut, _schema_of(cut, _stage_plan(cut.plan, original, None)))
+    output_types = _substrait_types(cut, _rel_schema(cut, original))
 
     partial = algebra_pb2.Rel()
     partial.CopyFrom(original)
@@ -648,7 +648,7 @@ def _hash_reduced(cut: _Cut, side: _Side, probed: algebra_pb2.Rel,
     rel, dist, keys = side
     name = probed.read.named_table.names[-1]
     probe_schema = next(s.schema for s in cut.stages if s.stage == _input_stage(name))
-    schema = _schema_of(cut, _stage_plan(cut.plan, rel, None))
+    schema = _rel_schema(cut, rel)
     matched = [(right, left) if probe_is_left else (left, right) for left, right in pairs]
     if (_null_safe(cut, condition)
             or any(plain_type(schema.field(mine).type) != probe_schema.field(theirs).type
@@ -716,7 +716,12 @@ def _reduce_aggregate_inputs(cut: _Cut, rel: algebra_pb2.Rel) -> None:
 
 
 def _width(cut: _Cut, rel: algebra_pb2.Rel) -> int:
-    return len(_schema_of(cut, _stage_plan(cut.plan, rel, None)))
+    return len(_rel_schema(cut, rel))
+
+
+def _rel_schema(cut: _Cut, rel: algebra_pb2.Rel) -> pa.Schema:
+    """The schema of `rel`'s output."""
+    return _schema_of(cut, _stage_plan(cut.plan, rel, None))
 
 
 def _project_sources(project: algebra_pb2.ProjectRel, input_width: int) -> list[int | None]:
@@ -830,17 +835,13 @@ def _semi_join(cut: _Cut, target: algebra_pb2.Rel, column: int, reducer: algebra
     a copy of `reducer` (not where the two columns' types differ)."""
     copy = algebra_pb2.Rel()
     copy.CopyFrom(reducer)
-    target_schema = _schema_of(cut, _stage_plan(cut.plan, target, None))
-    reducer_schema = _schema_of(cut, _stage_plan(cut.plan, copy, None))
+    target_schema = _rel_schema(cut, target)
+    reducer_schema = _rel_schema(cut, copy)
     if (plain_type(target_schema.field(column).type)
             != plain_type(reducer_schema.field(reducer_column).type)):
         return False
     for read in _main_reads(copy):  # its own scan names: a stage binds each name once
-        spec = cut.scans[read.named_table.names[-1]]
-        name = f"__scan_{len(cut.scans) + 1}"
-        cut.scans[name] = replace(spec, name=name)
-        read.named_table.names[:] = [name]
-        cut.ctx.register_table(name, cut.table_from(spec.schema))
+        _add_scan(cut, read, cut.scans[read.named_table.names[-1]])
     target.CopyFrom(_semi_join_rel(cut, target, len(target_schema), copy,
                                    [(column, reducer_column)]))
     return True
@@ -1022,11 +1023,17 @@ def _lift_read_filter(rel: algebra_pb2.Rel) -> None:
 def _bind_read(cut: _Cut, read: algebra_pb2.ReadRel, split: bool) -> None:
     """Rename a catalog read to a private name bound to its snapshot files."""
     found = cut.tables(list(read.named_table.names))
+    _add_scan(cut, read, ScanSpec("", found.table, found.files, found.schema,
+                                  split and len(found.files) > 1, found.bytes))
+
+
+def _add_scan(cut: _Cut, read: algebra_pb2.ReadRel, spec: ScanSpec) -> None:
+    """Name `read` after a new private scan of `spec`'s files, planned over an empty
+    table of its schema."""
     name = f"__scan_{len(cut.scans) + 1}"
-    cut.scans[name] = ScanSpec(name, found.table, found.files, found.schema,
-                               split and len(found.files) > 1, found.bytes)
+    cut.scans[name] = replace(spec, name=name)
     read.named_table.names[:] = [name]
-    cut.ctx.register_table(name, cut.table_from(found.schema))
+    cut.ctx.register_table(name, cut.table_from(spec.schema))
 
 
 # -- plan helpers -----------------------------------------------------------------------
