@@ -70,11 +70,17 @@ class FlightSqlStub(flight.FlightServerBase):
         return flight.RecordBatchStream(self._result())
 
 
-def _serve(ready: multiprocessing.Queue, stop: multiprocessing.synchronize.Event) -> None:
-    server = FlightSqlStub("grpc://127.0.0.1:0")
+def serve_until_stopped(server: flight.FlightServerBase, ready: multiprocessing.Queue,
+                        stop: multiprocessing.synchronize.Event) -> None:
+    """Report `server`'s port on `ready`, serve until `stop` is set, then shut it down
+    (the body of a spawned server process)."""
     ready.put(server.port)
     stop.wait()
     server.shutdown()
+
+
+def _serve(ready: multiprocessing.Queue, stop: multiprocessing.synchronize.Event) -> None:
+    serve_until_stopped(FlightSqlStub("grpc://127.0.0.1:0"), ready, stop)
 
 
 @contextmanager

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as pds
-import pyarrow.flight as flight
 
 from bench.common import adbc_connect, markdown_table
-from bench.flightsql_stub import FlightSqlStub
+from bench.flightsql_stub import FlightSqlStub, serve_until_stopped
 from bench.transport import make_table
 from catalog import IcebergCatalog, TableIdent
 from engine.demo import DEMO_NAMESPACE
@@ -40,22 +39,17 @@ def _serve_bare(rows: int, batch_rows: int, ready: multiprocessing.Queue,
                 stop: multiprocessing.synchronize.Event) -> None:
     """A bare server whose every DoGet returns the table (in a spawned process)."""
     table = pa.Table.from_batches(make_table(rows).to_batches(max_chunksize=batch_rows))
-    _serve(FlightSqlStub("grpc://127.0.0.1:0", lambda: table, table.schema), ready, stop)
+    stub = FlightSqlStub("grpc://127.0.0.1:0", lambda: table, table.schema)
+    serve_until_stopped(stub, ready, stop)
 
 
 def _serve_files(files: list[str], ready: multiprocessing.Queue,
                  stop: multiprocessing.synchronize.Event) -> None:
     """A bare server whose every DoGet reads `files` (Parquet) and streams their rows."""
     dataset = pds.dataset(files, format="parquet")
-    _serve(FlightSqlStub("grpc://127.0.0.1:0", lambda: dataset.scanner().to_reader(),
-                         dataset.schema), ready, stop)
-
-
-def _serve(server: flight.FlightServerBase, ready: multiprocessing.Queue,
-           stop: multiprocessing.synchronize.Event) -> None:
-    ready.put(server.port)
-    stop.wait()
-    server.shutdown()
+    stub = FlightSqlStub("grpc://127.0.0.1:0", lambda: dataset.scanner().to_reader(),
+                         dataset.schema)
+    serve_until_stopped(stub, ready, stop)
 
 
 def _select_all(clients: contextlib.ExitStack, port: int) -> Callable[[], pa.Table]:

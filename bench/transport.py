@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.flight as flight
 
+from bench.flightsql_stub import serve_until_stopped
 from flight_server.generated import Flight_pb2 as fpb
 from flight_server.ipc import PutStream
 from flight_server.transport import Call, FlightService, TransportConfig, start_flight_server
@@ -77,10 +78,7 @@ def _serve(kind: str, rows: int, batch_rows: int, ready: multiprocessing.Queue,
         stop.wait()
         server.stop(0)
     else:
-        pyarrow_server = _PyarrowServer("grpc://127.0.0.1:0", batches)
-        ready.put(pyarrow_server.port)
-        stop.wait()
-        pyarrow_server.shutdown()
+        serve_until_stopped(_PyarrowServer("grpc://127.0.0.1:0", batches), ready, stop)
 
 
 def measure(kind: str, rows: int, batch_rows: int, runs: int) -> float:

@@ -70,12 +70,17 @@ def start_executor(work_dir: Path, log_dir: Path, token: str | None,
                          env, token, "executor serving shuffle data", 60.0)
 
 
+def environment_without_krishiv() -> dict[str, str]:
+    """This process's environment minus every KRISHIV_ setting: a started process is
+    configured only by what its test passes."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("KRISHIV_")}
+
+
 def start_krishiv(command: list[str], log_dir: Path, env: dict[str, str] | None,
                   token: str | None, ready_text: str, ready_timeout_s: float) -> RunningServer:
     port = free_port()
     log_path = log_dir / f"{command[0]}-{port}.log"
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("KRISHIV_")}
-    full_env.update(env or {})
+    full_env = {**environment_without_krishiv(), **(env or {})}
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(
             [KRISHIV, *command, "--port", str(port)], stdout=log_file,

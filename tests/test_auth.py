@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from flight_server.generated import FlightSql_pb2 as sql
 from tests.conftest import adbc_connect
 from tests.flight_raw import basic_header, bearer, fetch
-from tests.servers import KRISHIV, RunningServer, start_server
+from tests.servers import KRISHIV, RunningServer, environment_without_krishiv, start_server
 
 QUERY = sql.CommandStatementQuery(query="SELECT 1 AS one")
 
@@ -107,10 +106,10 @@ def test_refuses_non_loopback_without_tokens(tmp_path: Path) -> None:
 def test_port_in_use_is_a_one_line_error(tmp_path: Path, demo_warehouse: Path) -> None:
     running = start_server(demo_warehouse, tmp_path)
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KRISHIV_")}
         done = subprocess.run(
             [KRISHIV, "serve", "--warehouse", str(tmp_path / "other"), "--port",
-             str(running.port)], capture_output=True, text=True, timeout=120, env=env)
+             str(running.port)], capture_output=True, text=True, timeout=120,
+            env=environment_without_krishiv())
         assert done.returncode != 0
         assert f"cannot listen on 127.0.0.1:{running.port}: the port is in use" in done.stderr
         assert "Traceback" not in done.stderr
