@@ -10,6 +10,7 @@ from typing import overload
 import pyarrow as pa
 from datafusion import DataFrame, ExecutionPlan, SessionContext, SQLOptions
 from datafusion.catalog import Table
+from datafusion.expr import EmptyRelation, Expr, Projection
 from datafusion.plan import LogicalPlan
 
 from catalog import Catalog, NamespaceNotFound, TableIdent, TableNotFound
@@ -73,6 +74,32 @@ def one_row_of_values(frame: DataFrame) -> bool:
     *projections, source = frame.logical_plan().display_indent().splitlines()
     return (source.strip() == "EmptyRelation: rows=1"
             and all(line.lstrip().startswith("Projection: ") for line in projections))
+
+
+def constant_row(frame: DataFrame, schema: pa.Schema) -> pa.RecordBatch | None:
+    """The one row of a query whose optimized plan only projects constants over one
+    placeholder row (`SELECT 1`, a connection pool's liveness check), read from the plan's
+    folded literals without running it: cheaper than DataFusion's collect by a tenth of a
+    millisecond in the server. None for anything else, which runs as usual."""
+    plan = frame.optimized_logical_plan()
+    projection, inputs = plan.to_variant(), plan.inputs()
+    if not (isinstance(projection, Projection) and len(inputs) == 1):
+        return None
+    source = inputs[0].to_variant()
+    if not (isinstance(source, EmptyRelation) and source.produce_one_row()):
+        return None
+    values = [_literal(expr) for expr in projection.projections()]
+    if len(values) != len(schema) or any(value is None for value in values):
+        return None
+    row = pa.RecordBatch.from_arrays([pa.repeat(value, 1) for value in values],
+                                     names=schema.names)
+    return conform_batch(row, schema)
+
+
+def _literal(expr: Expr) -> pa.Scalar | None:
+    if expr.variant_name() == "Alias":
+        expr = expr.to_variant().expr()
+    return expr.python_value() if expr.variant_name() == "Literal" else None
 
 
 def _node_names(plan: ExecutionPlan) -> set[str]:
@@ -144,6 +171,11 @@ class SqlEngine:
             yield from query.rows.to_batches()
             return
         assert query.frame is not None
+        with translated_errors():
+            constant = constant_row(query.frame, query.schema)
+        if constant is not None:
+            yield constant
+            return
         if one_row_of_values(query.frame):
             with self.admission.slot(is_cancelled, self.config.query_timeout_s):
                 yield from self._one_row(query)
