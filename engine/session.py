@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import overload
 
 import pyarrow as pa
@@ -46,6 +46,18 @@ class PlannedQuery:
     text: str = ""
     default_schema: str = ""
     parameters: pa.RecordBatch | None = None
+    # The context that planned `frame`, to make fresh frames of the same plan from.
+    context: SessionContext | None = None
+
+
+def planned_again(query: PlannedQuery) -> PlannedQuery:
+    """`query` for one more run, without parsing and planning its SQL again: a fresh frame
+    over its logical plan, from the context that planned it. A frame fixes now() when it
+    is made, so each run needs its own."""
+    assert query.frame is not None and query.context is not None
+    with translated_errors():
+        frame = query.context.create_dataframe_from_logical_plan(query.frame.logical_plan())
+    return replace(query, frame=frame)
 
 
 def shippable_plan(plan: ExecutionPlan) -> bytes | None:
@@ -77,11 +89,25 @@ def one_row_of_values(frame: DataFrame) -> bool:
 
 
 def constant_row(frame: DataFrame, schema: pa.Schema) -> pa.RecordBatch | None:
-    """The one row of a query whose optimized plan only projects constants over one
-    placeholder row (`SELECT 1`, a connection pool's liveness check), read from the plan's
-    folded literals without running it: cheaper than DataFusion's collect by a tenth of a
-    millisecond in the server. None for anything else, which runs as usual."""
-    plan = frame.optimized_logical_plan()
+    """The one row of a query that only projects constants over one placeholder row
+    (`SELECT 1`, a connection pool's liveness check), read from its plan without running
+    it: literals as written, else as the optimizer folds them. Cheaper than DataFusion's
+    collect by a tenth of a millisecond in the server. None for anything else, which runs
+    as usual; only plans of that shape as written are optimized here."""
+    written = _literals_over_one_row(frame.logical_plan())
+    if written is None:
+        return None
+    values = written or _literals_over_one_row(frame.optimized_logical_plan())
+    if not values or len(values) != len(schema):
+        return None
+    row = pa.RecordBatch.from_arrays([pa.repeat(value, 1) for value in values],
+                                     names=schema.names)
+    return conform_batch(row, schema)
+
+
+def _literals_over_one_row(plan: LogicalPlan) -> list[pa.Scalar] | None:
+    """For a projection over one placeholder row, its values if all are literals, else
+    an empty list; None for a plan of any other shape."""
     projection, inputs = plan.to_variant(), plan.inputs()
     if not (isinstance(projection, Projection) and len(inputs) == 1):
         return None
@@ -89,11 +115,7 @@ def constant_row(frame: DataFrame, schema: pa.Schema) -> pa.RecordBatch | None:
     if not (isinstance(source, EmptyRelation) and source.produce_one_row()):
         return None
     values = [_literal(expr) for expr in projection.projections()]
-    if len(values) != len(schema) or any(value is None for value in values):
-        return None
-    row = pa.RecordBatch.from_arrays([pa.repeat(value, 1) for value in values],
-                                     names=schema.names)
-    return conform_batch(row, schema)
+    return [] if any(value is None for value in values) else values
 
 
 def _literal(expr: Expr) -> pa.Scalar | None:
@@ -294,7 +316,8 @@ class Session:
             frame = ctx.sql(text, options=READ_ONLY, param_values=values or None)
             schema = plain_schema(frame.schema())
         return PlannedQuery(sql=sql, schema=schema, frame=frame, text=text,
-                            default_schema=self.default_schema, parameters=parameters)
+                            default_schema=self.default_schema, parameters=parameters,
+                            context=self._reusable(ctx))
 
     def execute(
         self,
@@ -359,8 +382,8 @@ class Session:
                 versions.append(self.engine.catalog.scan(ident).version)
             except (TableNotFound, NamespaceNotFound):
                 versions.append(None)
-        return tuple(versions), tuple((name, id(rows)) for name, rows in
-                                      sorted(self.temporary.items()))
+        return self.default_schema, tuple(versions), tuple(
+            (name, id(rows)) for name, rows in sorted(self.temporary.items()))
 
     @staticmethod
     def parameter_schema(query: PlannedQuery) -> pa.Schema:
@@ -370,6 +393,11 @@ class Session:
             return pa.schema([])
         with translated_errors():
             return parameter_schema(query.frame.logical_plan())
+
+    def _reusable(self, ctx: SessionContext) -> SessionContext | None:
+        """`ctx` if more runs than one may share it: not under a memory limit, which a
+        context's memory pool enforces per run."""
+        return ctx if self.engine.config.memory_limit_bytes is None else None
 
     def _context_for(self, sql: str) -> SessionContext:
         if (not self.temporary and self.engine.config.memory_limit_bytes is None

@@ -203,28 +203,42 @@ def test_explain_and_explain_analyze(conn: flightsql.Connection) -> None:
         assert "output_rows=" in plan
 
 
-def test_prepared_query_sees_a_write_made_after_prepare(conn: flightsql.Connection) -> None:
-    """The plan made at prepare serves the execution right after it only if the tables
-    it reads did not change in between."""
+def test_prepared_query_sees_writes_made_between_executions(
+        conn: flightsql.Connection) -> None:
+    """The plan made at prepare serves an execution only while the tables it reads are
+    unchanged: each execution after a write sees the write."""
+    query = "SELECT count(*) FROM public.prepared_then_written"
     with conn.cursor() as writer, conn.cursor() as reader:
         writer.execute("CREATE TABLE public.prepared_then_written (v BIGINT)")
         writer.execute("INSERT INTO public.prepared_then_written VALUES (1)")
-        reader.adbc_prepare("SELECT count(*) FROM public.prepared_then_written")
+        reader.adbc_prepare(query)
         writer.execute("INSERT INTO public.prepared_then_written VALUES (2), (3)")
-        reader.execute("SELECT count(*) FROM public.prepared_then_written")
-        assert reader.fetchall() == [(3,)]
+        counts = []
+        for values in ("(4)", "(5), (6)", None):
+            reader.execute(query)
+            counts.append(reader.fetchall())
+            reader.execute(query)  # again with nothing written in between
+            counts.append(reader.fetchall())
+            if values:
+                writer.execute(f"INSERT INTO public.prepared_then_written VALUES {values}")
+        assert counts == [[(3,)], [(3,)], [(4,)], [(4,)], [(6,)], [(6,)]]
         writer.execute("DROP TABLE public.prepared_then_written")
 
 
-def test_prepared_now_is_the_time_of_a_late_execution(conn: flightsql.Connection) -> None:
-    """DataFusion fixes now() when it plans: an execution well after prepare plans again."""
+def test_prepared_now_is_the_time_of_each_execution(conn: flightsql.Connection) -> None:
+    """A DataFusion frame fixes now() when it is made: each execution of a prepared
+    statement gets a frame of its own, however soon after prepare or each other."""
+    stamps = []
     with conn.cursor() as cur:
         cur.adbc_prepare("SELECT now() AS t")
         prepared_at = time.time()
-        time.sleep(1.5)
-        cur.execute("SELECT now() AS t")
-        stamp = cur.fetch_arrow_table().column("t").cast(pa.int64())[0].as_py()
-    assert stamp / 1e9 >= prepared_at + 1.0
+        for pause_s in (1.5, 0.3, 0.3):
+            time.sleep(pause_s)
+            cur.execute("SELECT now() AS t")
+            stamps.append(cur.fetch_arrow_table().column("t").cast(pa.int64())[0].as_py() / 1e9)
+    assert stamps[0] >= prepared_at + 1.0
+    assert stamps[1] >= stamps[0] + 0.25
+    assert stamps[2] >= stamps[1] + 0.25
 
 
 def test_table_functions_and_constant_queries(conn: flightsql.Connection) -> None:
