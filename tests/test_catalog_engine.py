@@ -21,6 +21,9 @@ from engine import EngineConfig, SqlEngine
 from engine.arrow_types import conform_batch
 from engine.errors import ObjectNotFound
 from engine.session import constant_row, one_row_of_values
+from flight_server import prepared
+from flight_server.generated import FlightSql_pb2 as sql
+from flight_server.prepared import PreparedStatements
 
 ROWS = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "name": ["a", "b", "c"]})
 
@@ -147,6 +150,28 @@ def test_constant_rows_come_from_the_plan_as_datafusion_computes_them(
         expected = [conform_batch(batch, query.schema) for batch in query.frame.collect()]
         assert pa.Table.from_batches(streamed, query.schema).equals(
             pa.Table.from_batches(expected, query.schema))
+
+
+def test_only_the_latest_prepared_statements_keep_their_plans(
+        engine: SqlEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept plan holds a DataFusion context, so only the most recently prepared
+    statements keep theirs (and a closed one lets go); the others plan at each execution
+    and answer the same."""
+    monkeypatch.setattr(prepared, "_MAX_KEPT_PLANS", 2)
+    statements = PreparedStatements(1 << 20)
+    session = engine.session()
+    handles = [statements.create(session, sql.ActionCreatePreparedStatementRequest(
+        query=f"SELECT {n} AS n")).prepared_statement_handle for n in range(3)]
+    kept = [statements._statements.get(handle).kept is not None for handle in handles]
+    assert kept == [False, True, True]
+    for n, handle in enumerate(handles):
+        query = statements.plan(sql.CommandPreparedStatementQuery(
+            prepared_statement_handle=handle), lambda: False)
+        assert [b.to_pylist() for b in engine.stream(query, lambda: False)] == [[{"n": n}]]
+    last = statements._statements.get(handles[-1])
+    statements.close(sql.ActionClosePreparedStatementRequest(
+        prepared_statement_handle=handles[-1]))
+    assert last.kept is None
 
 
 def test_big_ordered_results_come_back_whole_in_order(catalog: Catalog) -> None:
