@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed rounds before the timed ones")
     parser.add_argument("--batch-rows", type=int, default=65536,
                         help="batch size of the bare pyarrow server's table")
     args = parser.parse_args(argv)
@@ -112,8 +114,9 @@ def main(argv: list[str] | None = None) -> None:
                 with contextlib.ExitStack() as clients:
                     fetches = {name: _select_all(clients, server_port)
                                for name, server_port in ports.items()}
-                    for name, fetch in fetches.items():  # warm-up
-                        _timed(fetch, args.rows, name)
+                    for _ in range(args.warmup):
+                        for name, fetch in fetches.items():
+                            _timed(fetch, args.rows, name)
                     rates: dict[str, list[float]] = {name: [] for name in fetches}
                     for _ in range(args.runs):
                         for name, fetch in fetches.items():
@@ -132,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
           f"fetch_arrow_table): Krishiv embedded; a bare pyarrow Flight server holding the "
           f"table in memory ({args.batch_rows}-row batches) in its own process; a bare "
           f"pyarrow Flight server reading the table's Parquet files per DoGet "
-          f"(pyarrow.dataset); fetched in turn, 1 warm-up each, median of {args.runs}; "
+          f"(pyarrow.dataset); fetched in turn, {args.warmup} warm-up round(s), median of "
+          f"{args.runs}; "
           f"ingest of the table took {ingest_s:.1f} s")
     print()
     print(markdown_table(
