@@ -79,10 +79,11 @@ def shippable_plan(plan: ExecutionPlan) -> bytes | None:
 
 
 def one_row_of_values(frame: DataFrame) -> bool:
-    """Whether the query only computes values over one placeholder row (`SELECT 1`): it
-    runs here at once, since a worker's round trip (about 0.7 ms) costs more. Read from
-    the logical plan, which costs no physical planning: projections over one empty row,
-    with no subquery (a subquery's plan shows as lines of its own)."""
+    """Whether the query only computes values over one placeholder row (`SELECT random()`;
+    `SqlEngine.stream` answers constants before asking, see `constant_row`): it runs here
+    at once, since a worker's round trip (about 0.7 ms) costs more. Read from the logical
+    plan, which costs no physical planning: projections over one empty row, with no
+    subquery (a subquery's plan shows as lines of its own)."""
     *projections, source = frame.logical_plan().display_indent().splitlines()
     return (source.strip() == "EmptyRelation: rows=1"
             and all(line.lstrip().startswith("Projection: ") for line in projections))
