@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import signal
 import subprocess
@@ -296,6 +297,22 @@ def prepare_catalog(config: ServerConfig) -> Catalog:
         detail = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ConfigError(f"cannot use the catalog at {where}: {detail}") from None
     return catalog
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Run a benchmark: `krishiv bench NAME [ARGS]` is `python -m bench NAME [ARGS]`
+    (bench/README.md). The benchmarks are not installed: they need a source checkout
+    with its test tools (`make venv`)."""
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "bench" / "__main__.py").is_file():
+        raise click.ClickException(
+            "the benchmarks run from a source checkout: git clone the project, run "
+            "`make venv` there, then `.venv/bin/krishiv bench NAME`")
+    paths = [str(checkout), environ().get("PYTHONPATH", "")]
+    env = {**environ(), "PYTHONPATH": os.pathsep.join(path for path in paths if path)}
+    sys.exit(subprocess.call([sys.executable, "-m", "bench", *args], env=env))
 
 
 def _with_executor_token(auth: AuthConfig, executors: int) -> AuthConfig:

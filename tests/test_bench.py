@@ -34,3 +34,15 @@ def test_latency_harness_runs_against_krishiv_and_the_stub() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ADBC SELECT 1, new cursor per run |" in done.stdout
     assert "against a do-nothing Flight SQL stub" in done.stdout
+
+
+def test_krishiv_bench_runs_the_harness_from_any_folder(tmp_path: Path) -> None:
+    """`krishiv bench NAME` is `python -m bench NAME`, wherever it is started from."""
+    krishiv = Path(sys.executable).with_name("krishiv")
+    done = subprocess.run([str(krishiv), "bench", "latency", "--runs", "5", "--warmup", "1"],
+                          cwd=tmp_path, text=True, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ADBC SELECT 1, one cursor reused |" in done.stdout
+    listed = subprocess.run([str(krishiv), "bench"], cwd=tmp_path, text=True,
+                            capture_output=True, timeout=60)
+    assert listed.returncode != 0 and "tpch" in listed.stderr
