@@ -78,6 +78,38 @@ def shippable_plan(plan: ExecutionPlan) -> bytes | None:
         raise
 
 
+# Operators that pass a scan's rows on without holding any: under these alone, bigger
+# batches cost no more memory than one result message.
+_PASS_THROUGH = frozenset({"DataSourceExec", "ProjectionExec", "FilterExec",
+                           "CoalesceBatchesExec", "CoalescePartitionsExec"})
+_VARIABLE_VALUE_BYTES = 32  # a guess for strings and nested values
+
+
+def result_batch_rows(plan: ExecutionPlan, schema: pa.Schema, config: EngineConfig) -> int:
+    """Rows per batch to run `plan` with. A plan that only passes a scan's rows on
+    (`SELECT * FROM t`) reads batches that fill about one result message (up to four
+    times the usual), which the worker then sends as they are instead of joining them:
+    10M rows through ADBC came 7% faster (alternating A/B, faster in 11 rounds of 12).
+    Anything else keeps the usual size: TPC-H with four times bigger batches everywhere
+    ran slower (1.06 against 1.01 of DataFusion, one run each)."""
+    nodes = [plan]
+    while nodes:
+        node = nodes.pop()
+        if node.display().split(":")[0].strip() not in _PASS_THROUGH:
+            return config.batch_size
+        nodes.extend(node.children())
+    row_bytes = sum(_value_bytes(field.type) for field in schema)
+    fill = config.max_batch_bytes // max(row_bytes, 1)
+    return max(config.batch_size, min(4 * config.batch_size, fill))
+
+
+def _value_bytes(dtype: pa.DataType) -> int:
+    try:
+        return max(dtype.bit_width // 8, 1)
+    except ValueError:  # not a fixed-width type
+        return _VARIABLE_VALUE_BYTES
+
+
 def one_row_of_values(frame: DataFrame) -> bool:
     """Whether the query only computes values over one placeholder row (`SELECT random()`;
     `SqlEngine.stream` answers constants before asking, see `constant_row`): it runs here
@@ -207,9 +239,9 @@ class SqlEngine:
             with translated_errors():
                 shipped = shippable_plan(plan)
             if shipped is not None:
-                yield from self._workers.batches(shipped, query.schema,
-                                                 self.config.query_timeout_s, is_cancelled,
-                                                 encoded)
+                yield from self._workers.batches(
+                    shipped, query.schema, self.config.query_timeout_s, is_cancelled,
+                    encoded, result_batch_rows(plan, query.schema, self.config))
             else:
                 yield from self._in_process(query, is_cancelled)
 

@@ -209,11 +209,15 @@ class QueryWorkers:
         timeout_s: float | None,
         is_cancelled: Callable[[], bool],
         encoded: bool = False,
+        batch_rows: int | None = None,
     ) -> Iterator[ResultBatch]:
-        """Run `plan` in a worker; batches with `schema`, at most `max_batch_bytes` each
+        """Run `plan` in a worker, reading `batch_rows` rows at a time (default: the
+        configured batch size); batches with `schema`, at most `max_batch_bytes` each
         (with `encoded`, as the IPC messages the worker sent, each valid only until the
         next is asked for: its memory is then the worker's again)."""
-        request = encode_request(self._config, schema, plan)
+        config = (self._config if batch_rows is None
+                  else dataclasses.replace(self._config, batch_size=batch_rows))
+        request = encode_request(config, schema, plan)
         for kind, payload in self._frames(REQUEST, request, timeout_s, is_cancelled):
             if kind == BATCH:
                 # A message in shared memory is only valid until the next frame is read.

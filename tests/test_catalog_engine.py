@@ -20,7 +20,7 @@ from catalog import (
 from engine import EngineConfig, SqlEngine
 from engine.arrow_types import conform_batch
 from engine.errors import ObjectNotFound
-from engine.session import constant_row, one_row_of_values
+from engine.session import constant_row, one_row_of_values, result_batch_rows
 from flight_server import prepared
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.prepared import PreparedStatements
@@ -172,6 +172,33 @@ def test_only_the_latest_prepared_statements_keep_their_plans(
     statements.close(sql.ActionClosePreparedStatementRequest(
         prepared_statement_handle=handles[-1]))
     assert last.kept is None
+
+
+def test_plain_scans_read_batches_that_fill_a_result_message(engine: SqlEngine) -> None:
+    """Only a plan that passes a scan's rows on reads bigger batches (up to four times the
+    usual, as many rows as fill one result message by the schema's widths); joins,
+    aggregations and sorts keep the usual size."""
+    ident = TableIdent("public", "items")
+    engine.catalog.create_table(ident, ROWS.schema)
+    engine.catalog.append(ident, ROWS)
+    config = engine.config
+
+    def rows_for(text: str) -> int:
+        query = engine.session().plan(text)
+        assert query.frame is not None
+        return result_batch_rows(query.frame.execution_plan(), query.schema, config)
+
+    row_bytes = 8 + 32  # int64, and a string's guessed width
+    assert rows_for("SELECT * FROM items") == min(4 * config.batch_size,
+                                                   config.max_batch_bytes // row_bytes)
+    assert rows_for("SELECT id FROM items WHERE id > 1") == min(
+        4 * config.batch_size, config.max_batch_bytes // 8)
+    for text in ("SELECT name, count(*) FROM items GROUP BY name",
+                 "SELECT * FROM items ORDER BY id",
+                 "SELECT a.id FROM items a JOIN items b ON a.id = b.id"):
+        assert rows_for(text) == config.batch_size, text
+    wide = ", ".join(f"name AS n{i}" for i in range(200))
+    assert rows_for(f"SELECT {wide} FROM items") == config.batch_size
 
 
 def test_big_ordered_results_come_back_whole_in_order(catalog: Catalog) -> None:
