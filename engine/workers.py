@@ -42,12 +42,12 @@ REQUEST = b"Q"  # the plan part: a physical plan
 STAGE_REQUEST = b"S"  # the plan part: a stage task (engine.distributed.stage_task)
 BATCH = b"B"
 FIRST_WRITTEN = b"F"  # a map task's first batch is in its files
-SLOT = b"M"  # a result message in shared memory: its slot and length (_SLOT_REF)
+SLOT = b"M"  # a result message in shared memory: slot, offset and length (_SLOT_REF)
 ACK = b"A"  # to the worker: the slot (one byte) is free again
 END = b"E"  # the payload: empty, or a map task's rows per partition (JSON)
 ERROR = b"X"
 _HEADER = struct.Struct(">cQ")
-_SLOT_REF = struct.Struct(">BQ")
+_SLOT_REF = struct.Struct(">BIQ")
 SLOT_COUNT = 3
 _POLL_SECONDS = 0.05
 _READ_CHUNK = 1 << 20
@@ -113,13 +113,13 @@ class ResultSlots:
         self.slot_bytes = slot_bytes
         self.memory = mmap.mmap(fd, SLOT_COUNT * slot_bytes)
 
-    def view(self, slot: int, length: int) -> memoryview:
-        start = slot * self.slot_bytes
+    def view(self, slot: int, offset: int, length: int) -> memoryview:
+        start = slot * self.slot_bytes + offset
         return memoryview(self.memory)[start: start + length]
 
 
-def slot_ref(slot: int, length: int) -> bytes:
-    return _SLOT_REF.pack(slot, length)
+def slot_ref(slot: int, offset: int, length: int) -> bytes:
+    return _SLOT_REF.pack(slot, offset, length)
 
 
 class _Worker:
@@ -260,8 +260,8 @@ class QueryWorkers:
             while True:
                 kind, payload = worker.read_frame(until)
                 if kind == SLOT:
-                    slot, length = _SLOT_REF.unpack(payload)
-                    yield BATCH, worker.slots.view(slot, length)
+                    slot, offset, length = _SLOT_REF.unpack(payload)
+                    yield BATCH, worker.slots.view(slot, offset, length)
                     worker.send(ACK, bytes([slot]))
                     continue
                 if kind == ERROR:  # the worker ends after reporting it
