@@ -346,7 +346,7 @@ class Session:
             schema = plain_schema(frame.schema())
         return PlannedQuery(sql=sql, schema=schema, frame=frame, text=text,
                             default_schema=self.default_schema, parameters=parameters,
-                            context=self._reusable(ctx))
+                            context=ctx if self._contexts_shareable() else None)
 
     def execute(
         self,
@@ -423,13 +423,13 @@ class Session:
         with translated_errors():
             return parameter_schema(query.frame.logical_plan())
 
-    def _reusable(self, ctx: SessionContext) -> SessionContext | None:
-        """`ctx` if more runs than one may share it: not under a memory limit, which a
-        context's memory pool enforces per run."""
-        return ctx if self.engine.config.memory_limit_bytes is None else None
+    def _contexts_shareable(self) -> bool:
+        """Whether more runs than one may share a context: not under a memory limit,
+        which a context's memory pool enforces per run."""
+        return self.engine.config.memory_limit_bytes is None
 
     def _context_for(self, sql: str) -> SessionContext:
-        if (not self.temporary and self.engine.config.memory_limit_bytes is None
+        if (not self.temporary and self._contexts_shareable()
                 and all_referenced_tables(sql, self.default_schema) == frozenset()):
             return self.engine.table_free_context(self.default_schema)
         with translated_errors():
