@@ -12,10 +12,10 @@ from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 
-# A result batch still encoded as one encapsulated Arrow IPC message, as a query worker
-# sent it: forwarded to the client as it is, not decoded and encoded again.
-EncodedBatch = pa.Buffer
-ResultBatch = pa.RecordBatch | EncodedBatch
+# A result batch in the client's wire form, made by the server's transport from the
+# Arrow IPC message a query worker sent: forwarded as it is, not decoded and encoded again.
+WireMessage = bytes
+ResultBatch = pa.RecordBatch | WireMessage
 
 
 def plain_type(dtype: pa.DataType) -> pa.DataType:

@@ -9,6 +9,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -109,8 +110,11 @@ class _FileLinks:
 class TableCache:
     """DataFusion tables built once per table version, shared by all sessions."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog,
+                 on_replaced: Callable[[Path], None] = lambda folder: None) -> None:
+        """`on_replaced` hears of each replaced version's folder of file links."""
         self.catalog = catalog
+        self._on_replaced = on_replaced
         self._lock = threading.Lock()
         self._tables: dict[TableIdent, tuple[str, Table]] = {}
         self._folders: dict[TableIdent, Path] = {}
@@ -139,6 +143,7 @@ class TableCache:
                 self._folders[ident] = folder
             if replaced is not None:
                 self._links.retire(replaced)
+                self._on_replaced(replaced)
         return table
 
     def table_while_planning(self, ident: TableIdent) -> Table:

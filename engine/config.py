@@ -25,3 +25,5 @@ class EngineConfig:
     max_queued_queries: int = 64
     # Flight clients default to a 16 MiB message cap: keep every batch well under it.
     max_batch_bytes: int = 4 * 1024 * 1024
+    # Memory for results of plain table reads (engine.read_cache); 0 keeps none.
+    read_cache_bytes: int = 512 * 1024 * 1024

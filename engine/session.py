@@ -15,13 +15,14 @@ from datafusion.plan import LogicalPlan
 
 from catalog import Catalog, NamespaceNotFound, TableIdent, TableNotFound
 from engine.admission import Admission
-from engine.arrow_types import ResultBatch, conform_batch, plain_schema, split_batch
+from engine.arrow_types import ResultBatch, WireMessage, conform_batch, plain_schema, split_batch
 from engine.bridge import CatalogBridge, TableCache, base_context
 from engine.config import EngineConfig
 from engine.dialects import DATAFUSION, to_datafusion
 from engine.distributed.shuffle import MapOutput
 from engine.distributed.stage_task import StageTask
 from engine.parameters import bound_values, number_placeholders, parameter_schema
+from engine.read_cache import ReadResults, plain_read
 from engine.references import all_referenced_tables, referenced_tables
 from engine.runner import StreamRunner
 from engine.statements import WriteStatement, classify
@@ -168,7 +169,9 @@ class SqlEngine:
     def __init__(self, catalog: Catalog, config: EngineConfig) -> None:
         self.catalog = catalog
         self.config = config
-        self.tables = TableCache(catalog)
+        self.read_results = ReadResults(config.read_cache_bytes)
+        self.tables = TableCache(
+            catalog, on_replaced=lambda folder: self.read_results.forget_reading(folder.name))
         self._runner = StreamRunner()
         self._workers = QueryWorkers(config)
         self.admission = Admission(config.max_running_queries, config.max_queued_queries)
@@ -209,15 +212,16 @@ class SqlEngine:
                ) -> Iterator[pa.RecordBatch]: ...
 
     @overload
-    def stream(self, query: PlannedQuery, is_cancelled: Callable[[], bool], encoded: bool
-               ) -> Iterator[ResultBatch]: ...
+    def stream(self, query: PlannedQuery, is_cancelled: Callable[[], bool],
+               wire: Callable[[pa.Buffer], WireMessage]) -> Iterator[ResultBatch]: ...
 
     def stream(
-        self, query: PlannedQuery, is_cancelled: Callable[[], bool], encoded: bool = False
+        self, query: PlannedQuery, is_cancelled: Callable[[], bool],
+        wire: Callable[[pa.Buffer], WireMessage] | None = None,
     ) -> Iterator[ResultBatch]:
-        """The query's result batches; with `encoded`, batches from a query worker come as
-        the IPC messages it sent (for a client, not for computing on), each valid only
-        until the next is asked for."""
+        """The query's result batches. With `wire` (for a client, not for computing on),
+        batches from a query worker come as `wire` makes them of the IPC messages it sent,
+        and the results of plain table reads are kept (engine.read_cache)."""
         if query.rows is not None:
             yield from query.rows.to_batches()
             return
@@ -234,12 +238,32 @@ class SqlEngine:
         with self._admitted(query, is_cancelled) as plan:
             with translated_errors():
                 shipped = shippable_plan(plan)
-            if shipped is not None:
-                yield from self._workers.batches(
-                    shipped, query.schema, self.config.query_timeout_s, is_cancelled,
-                    encoded, result_batch_rows(plan, query.schema, self.config))
-            else:
+            if shipped is None:
                 yield from self._in_process(query, is_cancelled)
+            else:
+                yield from self._from_worker(query, plan, shipped, is_cancelled, wire)
+
+    def _from_worker(self, query: PlannedQuery, plan: ExecutionPlan, shipped: bytes,
+                     is_cancelled: Callable[[], bool],
+                     wire: Callable[[pa.Buffer], WireMessage] | None
+                     ) -> Iterator[ResultBatch]:
+        assert query.frame is not None
+        batch_rows = result_batch_rows(plan, query.schema, self.config)
+        if wire is None:
+            yield from self._workers.batches(shipped, query.schema, self.config.query_timeout_s,
+                                             is_cancelled, batch_rows=batch_rows)
+            return
+        key = None
+        if self.read_results.max_bytes and plain_read(query.frame, plan):
+            key = ReadResults.key(shipped, query.schema, batch_rows)
+            kept = self.read_results.get(key)
+            if kept is not None:
+                yield from kept
+                return
+        messages = (wire(message) for message in self._workers.batches(
+            shipped, query.schema, self.config.query_timeout_s, is_cancelled, encoded=True,
+            batch_rows=batch_rows))
+        yield from messages if key is None else self.read_results.keeping(key, shipped, messages)
 
     def write_map_output(self, query: PlannedQuery, output: MapOutput,
                          is_cancelled: Callable[[], bool],

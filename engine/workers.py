@@ -31,7 +31,6 @@ from typing import IO
 
 import pyarrow as pa
 
-from engine.arrow_types import ResultBatch
 from engine.config import EngineConfig
 from engine.distributed.shuffle import MapOutput
 from engine.errors import WorkerLost
@@ -210,7 +209,7 @@ class QueryWorkers:
         is_cancelled: Callable[[], bool],
         encoded: bool = False,
         batch_rows: int | None = None,
-    ) -> Iterator[ResultBatch]:
+    ) -> Iterator[pa.RecordBatch | pa.Buffer]:
         """Run `plan` in a worker, reading `batch_rows` rows at a time (default: the
         configured batch size); batches with `schema`, at most `max_batch_bytes` each
         (with `encoded`, as the IPC messages the worker sent, each valid only until the

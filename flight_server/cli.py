@@ -70,6 +70,11 @@ def main() -> None:
               show_default=True, help="Namespace for unqualified table names.")
 @click.option("--memory-limit", envvar="KRISHIV_MEMORY_LIMIT", default=None,
               help="Memory limit per query, e.g. 512M or 2G (default: none).")
+@click.option("--read-cache", envvar="KRISHIV_READ_CACHE_BYTES", default="512M",
+              show_default=True,
+              help="Memory for results of plain table reads (columns of tables, no filter "
+                   "or computed value), sent again while the tables keep their versions "
+                   "(0: off).")
 @click.option("--query-timeout", envvar="KRISHIV_QUERY_TIMEOUT_SECS", default=None, type=float,
               help="Seconds a query may run (default: no limit).")
 @click.option("--executors", envvar="KRISHIV_EXECUTORS", default=0, show_default=True,
@@ -122,7 +127,7 @@ def main() -> None:
 def serve(
     host: str, port: int, warehouse: Path, catalog_uri: str | None,
     catalog_properties: tuple[str, ...], demo: bool, demo_scale: float, default_schema: str,
-    memory_limit: str | None, query_timeout: float | None, executors: int,
+    memory_limit: str | None, read_cache: str, query_timeout: float | None, executors: int,
     heartbeat_timeout: float, executor_grace: float, task_retries: int,
     shuffle_partitions: int | None,
     broadcast_limit: str, direct_results: bool, max_concurrent_queries: int | None,
@@ -156,6 +161,7 @@ def serve(
                 default_schema=default_schema,
                 memory_limit_bytes=parse_size(memory_limit) if memory_limit else None,
                 query_timeout_s=query_timeout,
+                read_cache_bytes=parse_size(read_cache, allow_zero=True),
                 max_running_queries=max_concurrent_queries or default_running_queries(),
                 max_queued_queries=max_queued_queries,
             ),

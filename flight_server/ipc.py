@@ -54,14 +54,19 @@ def schema_bytes(schema: pa.Schema) -> bytes:
     return schema.serialize().to_pybytes()
 
 
+def flight_data(message: pa.Buffer) -> bytes:
+    """The serialized FlightData of an encapsulated IPC message."""
+    header, body = _split(message)
+    return _frame(header, body)
+
+
 def encode_stream(schema: pa.Schema, batches: Iterable[ResultBatch]) -> Iterator[bytes]:
     """Serialized FlightData messages: the schema, then one per batch (batches already
-    encoded as IPC messages are framed as they are)."""
+    serialized as FlightData pass as they are)."""
     header, _ = _split(schema.serialize())
     yield _frame(header, None)
     for batch in batches:
-        header, body = _split(batch if isinstance(batch, pa.Buffer) else batch.serialize())
-        yield _frame(header, body)
+        yield batch if isinstance(batch, bytes) else flight_data(batch.serialize())
 
 
 def _encapsulate(data: fpb.FlightData) -> pa.Buffer:

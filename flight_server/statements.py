@@ -15,6 +15,7 @@ from flight_server.errors import InvalidArgument, NotFound
 from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.handles import HandleStore
+from flight_server.ipc import flight_data
 from flight_server.protocol import flight_info, pack, unpack
 
 _QUERY_TTL_S = 600.0
@@ -59,7 +60,7 @@ class Statements:
                 if self._cluster is not None and query.frame is not None:
                     yield from self._cluster.run(query, cancelled)
                 else:
-                    yield from self._engine.stream(query, cancelled, encoded=True)
+                    yield from self._engine.stream(query, cancelled, wire=flight_data)
             finally:
                 self._planned.remove_if_present(handle)
 

@@ -36,6 +36,15 @@ def test_latency_harness_runs_against_krishiv_and_the_stub() -> None:
     assert "against a do-nothing Flight SQL stub" in done.stdout
 
 
+def test_streaming_harness_fetches_from_each_server() -> None:
+    """Every fetch's row count is checked by the harness, which exits non-zero otherwise."""
+    done = _bench("streaming", "--rows", "100000", "--runs", "1", "--warmup", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = [line for line in done.stdout.splitlines()
+            if line.startswith(("| krishiv |", "| uncached |", "| bare |", "| files |"))]
+    assert len(runs) == 4, done.stdout
+
+
 def test_krishiv_bench_runs_the_harness_from_any_folder(tmp_path: Path) -> None:
     """`krishiv bench NAME` is `python -m bench NAME`, wherever it is started from."""
     krishiv = Path(sys.executable).with_name("krishiv")

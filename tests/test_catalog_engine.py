@@ -231,8 +231,7 @@ def test_big_ordered_results_come_back_whole_in_order(catalog: Catalog) -> None:
         assert len(batches) > 20
         assert pa.Table.from_batches(batches, query.schema).equals(expected)
         query = sql_engine.session().plan(text)
-        messages = [message.to_pybytes()  # taken before the next frees its slot
-                    for message in sql_engine.stream(query, lambda: False, encoded=True)]
+        messages = list(sql_engine.stream(query, lambda: False, wire=pa.Buffer.to_pybytes))
         decoded = [pa.ipc.read_record_batch(pa.py_buffer(m), query.schema) for m in messages]
         assert pa.Table.from_batches(decoded, query.schema).equals(expected)
     finally:

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from catalog import IcebergCatalog, TableIdent
 from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.protocol import pack
@@ -211,6 +212,34 @@ def test_writes_survive_restart(tmp_path: Path) -> None:
             assert _one(conn, "SELECT seven FROM public.kept") == 7
     finally:
         second.stop()
+
+
+def test_kept_plain_reads_see_every_write(tmp_path: Path) -> None:
+    """Plain reads are kept in the server's memory (here KRISHIV_READ_CACHE_BYTES=64M); a
+    write through the server, a table dropped and made again, and another writer of the
+    catalog are each seen at the next read, by a new cursor and by a reused one."""
+    warehouse = tmp_path / "warehouse"
+    read = "SELECT * FROM public.reads"
+    with running_server(warehouse, tmp_path, env={"KRISHIV_READ_CACHE_BYTES": "64M"}
+                        ) as server, adbc_connect(server) as conn, conn.cursor() as reused:
+
+        def both_read() -> list[tuple[object, ...]]:
+            reused.execute(read)
+            rows = sorted(reused.fetchall())
+            assert sorted(fetch_rows(conn, read)) == rows
+            return rows
+
+        fetch_rows(conn, "CREATE TABLE public.reads (id BIGINT)")
+        fetch_rows(conn, "INSERT INTO public.reads VALUES (1), (2)")
+        assert both_read() == both_read() == [(1,), (2,)]
+        fetch_rows(conn, "INSERT INTO public.reads VALUES (3)")
+        assert both_read() == [(1,), (2,), (3,)]
+        fetch_rows(conn, "DROP TABLE public.reads")
+        fetch_rows(conn, "CREATE TABLE public.reads AS SELECT CAST(10 AS BIGINT) AS id")
+        assert both_read() == [(10,)]
+        IcebergCatalog.embedded(str(warehouse)).append(
+            TableIdent("public", "reads"), pa.table({"id": pa.array([11], pa.int64())}))
+        assert both_read() == [(10,), (11,)]
 
 
 def test_adbc_error_codes_for_writes(wconn: flightsql.Connection) -> None:
