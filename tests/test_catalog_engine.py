@@ -19,6 +19,7 @@ from catalog import (
 )
 from engine import EngineConfig, SqlEngine
 from engine.arrow_types import conform_batch
+from engine.bridge import base_context
 from engine.errors import ObjectNotFound
 from engine.session import constant_row, one_row_of_values, result_batch_rows
 from flight_server import prepared
@@ -97,7 +98,7 @@ def test_information_schema_lists_catalog_tables(engine: SqlEngine) -> None:
 
 
 @pytest.mark.parametrize(("text", "one_row", "rows"), [
-    ("SELECT 1", True, 1),
+    ("SELECT 1 + 1", True, 1),
     ("SELECT 'a' || 'b' AS s, now() AS t, random() AS r", True, 1),
     ("SELECT * FROM (VALUES (1), (2)) AS v(a)", False, 2),
     ("SELECT 1 AS a UNION ALL SELECT 2", False, 2),
@@ -106,7 +107,7 @@ def test_information_schema_lists_catalog_tables(engine: SqlEngine) -> None:
     ("SELECT id FROM items WHERE id > 1", False, 2),
     ("SELECT (SELECT count(*) FROM items) AS n", False, 1),
     ("SELECT 1 WHERE false", False, 0),
-    ("SELECT 'a\nTableScan: items' AS s", False, 1),  # a literal's lines: not trusted
+    ("SELECT 'a\nTableScan: items' || 'b' AS s", False, 1),  # a literal's lines: not trusted
 ])
 def test_only_values_over_one_row_skip_the_worker(engine: SqlEngine, text: str,
                                                   one_row: bool, rows: int) -> None:
@@ -126,6 +127,7 @@ def test_only_values_over_one_row_skip_the_worker(engine: SqlEngine, text: str,
 
 @pytest.mark.parametrize(("text", "constant"), [
     ("SELECT 1", True),
+    ("SELECT 1 AS a, 'b' AS b, 2.5 AS c, TRUE AS d, NULL AS e, X'01' AS f", True),
     ("SELECT NULL AS n, 'x' || 'y' AS s, CAST(2.25 AS DECIMAL(5,2)) AS d, TRUE AS b, "
      "DATE '2024-01-02' AS dt, TIMESTAMP '2024-01-02 03:04:05.123456789' AS ts, "
      "[1, 2] AS l, {'a': 'b'} AS st, X'01' AS bin, INTERVAL '1 month' AS i, "
@@ -138,18 +140,39 @@ def test_only_values_over_one_row_skip_the_worker(engine: SqlEngine, text: str,
 ])
 def test_constant_rows_come_from_the_plan_as_datafusion_computes_them(
         engine: SqlEngine, text: str, constant: bool) -> None:
-    """A query of constants is answered from its folded plan without running it; the row
-    must equal what DataFusion computes for the same plan, types and values."""
+    """A query of constants is answered from its plan without running it (literals as
+    written: at planning; folded ones: at each run); the row must equal what DataFusion
+    computes for the same query, types and values."""
     query = engine.session().plan(text)
-    assert query.frame is not None
-    row = constant_row(query.frame, query.schema)
-    assert (row is not None) is constant
+    if query.frame is None:  # written constants: the row was made at planning
+        assert constant and query.rows is not None
+    else:
+        assert (constant_row(query.frame, query.schema) is not None) is constant
     streamed = list(engine.stream(query, lambda: False))
     assert all(batch.schema.equals(query.schema) for batch in streamed)
     if "random" not in text:
-        expected = [conform_batch(batch, query.schema) for batch in query.frame.collect()]
+        computed = base_context(engine.config).sql(text).collect()
+        expected = [conform_batch(batch, query.schema) for batch in computed]
         assert pa.Table.from_batches(streamed, query.schema).equals(
             pa.Table.from_batches(expected, query.schema))
+
+
+def test_written_constants_are_planned_as_their_row(engine: SqlEngine) -> None:
+    """`SELECT 1` is the same at every run: its row is made once, at planning, and a
+    prepared statement of it keeps that plan; folded constants stay plans, run each time."""
+    session = engine.session()
+    rows = session.plan("SELECT 1 AS one").rows
+    assert rows is not None and rows.to_pylist() == [{"one": 1}]
+    assert session.plan("SELECT 1 + 1 AS two").frame is not None
+    assert session.plan("SELECT now() AS t").frame is not None
+    statements = PreparedStatements(1 << 20)
+    handle = statements.create(session, sql.ActionCreatePreparedStatementRequest(
+        query="SELECT 1 AS one")).prepared_statement_handle
+    assert statements._statements.get(handle).kept is not None
+    for _ in range(2):
+        query = statements.plan(sql.CommandPreparedStatementQuery(
+            prepared_statement_handle=handle), lambda: False)
+        assert [b.to_pylist() for b in engine.stream(query, lambda: False)] == [[{"one": 1}]]
 
 
 def test_only_the_latest_prepared_statements_keep_their_plans(
@@ -161,7 +184,7 @@ def test_only_the_latest_prepared_statements_keep_their_plans(
     statements = PreparedStatements(1 << 20)
     session = engine.session()
     handles = [statements.create(session, sql.ActionCreatePreparedStatementRequest(
-        query=f"SELECT {n} AS n")).prepared_statement_handle for n in range(3)]
+        query=f"SELECT {n} + 0 AS n")).prepared_statement_handle for n in range(3)]
     kept = [statements._statements.get(handle).kept is not None for handle in handles]
     assert kept == [False, True, True]
     for n, handle in enumerate(handles):
