@@ -80,23 +80,32 @@ class _Entry:
 
 
 class ReadResults:
-    """Encoded result messages of plain reads, at most `max_bytes` of them."""
+    """Encoded result messages of plain reads (with their plans), at most `max_bytes` of
+    them; results still being collected count against a second budget of the same size,
+    so that concurrent first reads of big tables cannot hold more."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._nbytes = 0
+        self._collecting: set[bytes] = set()
+        self._collecting_bytes = 0
 
     @property
     def kept_bytes(self) -> int:
         return self._nbytes
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     @staticmethod
-    def key(plan: bytes, schema: pa.Schema, batch_rows: int) -> bytes:
+    def key(plan: bytes, schema: pa.Schema, batch_rows: int, wire_form: str) -> bytes:
+        """The key of a read: its plan, schema and batch size, and the name of the form
+        its messages are kept in."""
         digest = hashlib.blake2b(plan, digest_size=32)
-        digest.update(schema.serialize())
-        digest.update(batch_rows.to_bytes(8, "big"))
+        for part in (schema.serialize(), batch_rows.to_bytes(8, "big"), wire_form.encode()):
+            digest.update(part)
         return digest.digest()
 
     def get(self, key: bytes) -> tuple[bytes, ...] | None:
@@ -108,18 +117,45 @@ class ReadResults:
             return entry.messages
 
     def keeping(self, key: bytes, plan: bytes, messages: Iterable[bytes]) -> Iterator[bytes]:
-        """`messages`, passed on; kept once all have come, if they fit the budget."""
+        """`messages`, passed on; kept once all have come, if they fit the budget. One
+        read of a key collects at a time; the others only pass their messages on."""
+        with self._lock:
+            collecting = key not in self._collecting and key not in self._entries
+            if collecting:
+                self._collecting.add(key)
         kept: list[bytes] = []
-        nbytes = 0
-        for message in messages:
-            nbytes += len(message)
-            if nbytes <= self.max_bytes:
-                kept.append(message)
-            else:
-                kept.clear()
-            yield message
-        if nbytes <= self.max_bytes:
-            self._add(key, _Entry(plan, tuple(kept), nbytes))
+        reserved = 0  # bytes of `kept`, counted against the collecting budget
+        try:
+            for message in messages:
+                if collecting and self._reserve(len(message), len(plan) + reserved):
+                    kept.append(message)
+                    reserved += len(message)
+                elif collecting:  # too big to keep: let go of what was collected
+                    collecting = False
+                    kept.clear()
+                    self._release(reserved)
+                    reserved = 0
+                yield message
+            if collecting:
+                self._add(key, _Entry(plan, tuple(kept), len(plan) + reserved))
+        finally:
+            self._release(reserved)
+            with self._lock:
+                self._collecting.discard(key)
+
+    def _reserve(self, size: int, entry_bytes: int) -> bool:
+        """Whether one more message of `size` may be collected for an entry holding
+        `entry_bytes` so far; if so, it counts against the collecting budget."""
+        with self._lock:
+            if (entry_bytes + size > self.max_bytes
+                    or self._collecting_bytes + size > self.max_bytes):
+                return False
+            self._collecting_bytes += size
+            return True
+
+    def _release(self, size: int) -> None:
+        with self._lock:
+            self._collecting_bytes -= size
 
     def _add(self, key: bytes, entry: _Entry) -> None:
         with self._lock:

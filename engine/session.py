@@ -24,7 +24,7 @@ from engine.distributed.stage_task import StageTask
 from engine.parameters import bound_values, number_placeholders, parameter_schema
 from engine.read_cache import ReadResults, plain_read
 from engine.references import all_referenced_tables, referenced_tables
-from engine.runner import StreamRunner
+from engine.runner import StreamRunner, limits_check
 from engine.statements import WriteStatement, classify
 from engine.text_cache import by_short_text
 from engine.translate import translated_errors
@@ -37,8 +37,9 @@ READ_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_
 
 @dataclass
 class PlannedQuery:
-    """A query planned but not yet run (`frame`), or its rows when known at planning (a
-    finished write's count, a query of written constants)."""
+    """A query planned but not yet run (`frame`), and its rows when known at planning: a
+    finished write's count (no frame), a query of written constants (whose frame a
+    cluster still runs on its executors)."""
 
     sql: str
     schema: pa.Schema
@@ -55,10 +56,10 @@ class PlannedQuery:
 def planned_again(query: PlannedQuery) -> PlannedQuery:
     """`query` for one more run, without parsing and planning its SQL again: a fresh frame
     over its logical plan, from the context that planned it. A frame fixes now() when it
-    is made, so each run needs its own; a query of written constants is its row."""
-    if query.frame is None:
+    is made, so each run needs its own; a query whose rows are known needs none."""
+    if query.rows is not None:
         return query
-    assert query.context is not None
+    assert query.frame is not None and query.context is not None
     with translated_errors():
         frame = query.context.create_dataframe_from_logical_plan(query.frame.logical_plan())
     return replace(query, frame=frame)
@@ -270,10 +271,13 @@ class SqlEngine:
             return
         key = None
         if self.read_results.max_bytes and plain_read(query.frame, plan):
-            key = ReadResults.key(shipped, query.schema, batch_rows)
+            key = ReadResults.key(shipped, query.schema, batch_rows, wire.__qualname__)
             kept = self.read_results.get(key)
             if kept is not None:
-                yield from kept
+                check = limits_check(self.config.query_timeout_s, is_cancelled)
+                for message in kept:
+                    check()
+                    yield message
                 return
         messages = (wire(message) for message in self._workers.batches(
             shipped, query.schema, self.config.query_timeout_s, is_cancelled, encoded=True,
@@ -286,6 +290,8 @@ class SqlEngine:
         """Run a map task's query and write its output partitions; rows per partition.
 
         In a worker, the worker writes the files: the rows never cross the pipe."""
+        if query.rows is not None:
+            return output.write(query.rows.to_batches(), query.schema, first_written)
         with self._admitted(query, is_cancelled) as plan:
             with translated_errors():
                 shipped = shippable_plan(plan)
@@ -384,10 +390,7 @@ class Session:
             frame = ctx.sql(text, options=READ_ONLY, param_values=values or None)
             schema = plain_schema(frame.schema())
             rows = written_constants(frame, schema)
-        if rows is not None:
-            return PlannedQuery(sql=sql, schema=schema, rows=rows, text=text,
-                                default_schema=self.default_schema, parameters=parameters)
-        return PlannedQuery(sql=sql, schema=schema, frame=frame, text=text,
+        return PlannedQuery(sql=sql, schema=schema, frame=frame, rows=rows, text=text,
                             default_schema=self.default_schema, parameters=parameters,
                             context=ctx if self._contexts_shareable() else None)
 

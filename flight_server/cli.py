@@ -74,7 +74,7 @@ def main() -> None:
               show_default=True,
               help="Memory for results of plain table reads (columns of tables, no filter "
                    "or computed value), sent again while the tables keep their versions "
-                   "(0: off).")
+                   "(0: off; not used with executors).")
 @click.option("--query-timeout", envvar="KRISHIV_QUERY_TIMEOUT_SECS", default=None, type=float,
               help="Seconds a query may run (default: no limit).")
 @click.option("--executors", envvar="KRISHIV_EXECUTORS", default=0, show_default=True,
@@ -344,6 +344,13 @@ def _start_local_executors(config: ServerConfig, port: int) -> list[subprocess.P
     ]
 
 
+def _read_cache_text(config: ServerConfig) -> str:
+    if config.distributed:
+        return "not used (queries run on executors)"
+    size = config.engine.read_cache_bytes
+    return f"up to {size / 2**20:g} MiB of plain table reads" if size else "off"
+
+
 def run_server(config: ServerConfig) -> None:
     catalog = prepare_catalog(config)
     engine = SqlEngine(catalog, config.engine)
@@ -369,6 +376,7 @@ def run_server(config: ServerConfig) -> None:
         log.warning("no bearer tokens configured: serving without authentication (%s)", where)
     where = f"{config.scheme}://{config.host}:{port}"
     log.info("Krishiv Flight SQL listening on %s", where)
+    log.info("read cache: %s", _read_cache_text(config))
     executors = _start_local_executors(config, port) if config.executors else []
     print(f"krishiv: serving Flight SQL on {where}", flush=True)
     _wait_for_signal()

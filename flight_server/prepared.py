@@ -71,7 +71,7 @@ class PreparedStatements:
             parameters = session.parameter_schema(planned)
             statement = PreparedStatement(session, request.query, planned.schema, parameters)
             if snapshot is not None and not len(parameters) and (
-                    planned.context is not None or planned.frame is None):
+                    planned.context is not None or planned.rows is not None):
                 self._keep(statement, _KeptPlan(planned, snapshot))
         handle = self._statements.add(statement)
         return sql.ActionCreatePreparedStatementResult(

@@ -10,6 +10,7 @@ import pytest
 
 from catalog import IcebergCatalog, TableIdent
 from engine import EngineConfig, SqlEngine
+from engine.errors import QueryCancelled
 from engine.read_cache import ReadResults, plain_read
 
 ITEMS = TableIdent("public", "items")
@@ -74,7 +75,8 @@ def test_a_temporary_table_is_not_kept_twice(engine: SqlEngine) -> None:
 def test_a_kept_read_is_sent_again_until_the_table_changes(engine: SqlEngine) -> None:
     first = _messages(engine, "SELECT * FROM items")
     assert _decoded(engine, "SELECT * FROM items", first).equals(ROWS)
-    assert engine.read_results.kept_bytes == sum(map(len, first))
+    assert len(engine.read_results) == 1
+    assert engine.read_results.kept_bytes > sum(map(len, first))  # with the plan
     again = _messages(engine, "SELECT * FROM items")
     assert len(again) == len(first) and all(a is b for a, b in zip(again, first, strict=True))
 
@@ -84,7 +86,8 @@ def test_a_kept_read_is_sent_again_until_the_table_changes(engine: SqlEngine) ->
     assert _decoded(engine, "SELECT * FROM items", after).sort_by("id").equals(
         pa.concat_tables([ROWS, more]))
     # The replaced version's entry went with it: only the new one is kept.
-    assert engine.read_results.kept_bytes == sum(map(len, after))
+    assert len(engine.read_results) == 1
+    assert engine.read_results.kept_bytes > sum(map(len, after))
 
 
 def test_other_queries_and_other_columns_are_not_served_from_it(engine: SqlEngine) -> None:
@@ -107,17 +110,21 @@ def test_nothing_is_kept_with_a_zero_budget(tmp_path: Path) -> None:
 
 
 def test_the_budget_drops_the_least_recently_used() -> None:
-    results = ReadResults(max_bytes=10)
+    """Entries count their messages and their plan (which names every file read)."""
+    results = ReadResults(max_bytes=12)
     for key in (b"a", b"b"):
-        assert list(results.keeping(key, b"plan " + key, [b"1234"])) == [b"1234"]
+        assert list(results.keeping(key, b"p" + key, [b"1234"])) == [b"1234"]
+    assert results.kept_bytes == 12
     assert results.get(b"a") == (b"1234",)  # now b is the least recently used
-    list(results.keeping(b"c", b"plan c", [b"12", b"34"]))
+    list(results.keeping(b"c", b"pc", [b"12", b"34"]))
     assert results.get(b"b") is None
     assert results.get(b"a") == (b"1234",) and results.get(b"c") == (b"12", b"34")
-    assert results.kept_bytes == 8
+    assert results.kept_bytes == 12
     # Too big to keep at all: passed on whole, nothing dropped for it.
-    assert list(results.keeping(b"d", b"plan d", [b"123456", b"123456"])) == [b"123456"] * 2
-    assert results.get(b"d") is None and results.kept_bytes == 8
+    assert list(results.keeping(b"d", b"pd", [b"123456", b"123456"])) == [b"123456"] * 2
+    assert results.get(b"d") is None and results.kept_bytes == 12
+    assert list(results.keeping(b"e", b"a plan of 13 b", [b"1"])) == [b"1"]
+    assert results.get(b"e") is None
 
 
 def test_an_unfinished_read_is_not_kept() -> None:
@@ -133,6 +140,31 @@ def test_an_unfinished_read_is_not_kept() -> None:
     assert next(abandoned) == b"x"
     abandoned.close()  # the client went away after one message
     assert results.get(b"k") is None and results.kept_bytes == 0
+
+
+def test_collecting_results_has_a_budget_and_one_reader_per_key() -> None:
+    """Concurrent first reads: only one read of a key collects its messages, and all the
+    results being collected together hold at most the budget."""
+    results = ReadResults(max_bytes=10)
+    first = results.keeping(b"k", b"", iter([b"123", b"456"]))
+    second = results.keeping(b"k", b"", iter([b"123", b"456"]))
+    other = results.keeping(b"o", b"", iter([b"12345", b"6"]))
+    assert next(first) == b"123" and next(second) == b"123"
+    assert next(other) == b"12345"  # 3 + 5 collecting, within 10
+    assert list(first) == [b"456"]  # 3 + 3 + 5 would pass 10: first lets go of its copy
+    assert results.get(b"k") is None
+    assert list(other) == [b"6"] and results.get(b"o") == (b"12345", b"6")
+    assert list(second) == [b"456"]  # passed on, never collected
+    assert results.get(b"k") is None
+    assert list(results.keeping(b"k", b"", iter([b"123", b"456"]))) == [b"123", b"456"]
+    assert results.get(b"k") == (b"123", b"456")  # collecting was all given back
+
+
+def test_a_kept_read_still_stops_when_cancelled(engine: SqlEngine) -> None:
+    _messages(engine, "SELECT * FROM items")
+    query = engine.session().plan("SELECT * FROM items")
+    with pytest.raises(QueryCancelled):
+        list(engine.stream(query, lambda: True, wire=pa.Buffer.to_pybytes))
 
 
 def test_forgetting_a_replaced_version_drops_only_its_entries() -> None:

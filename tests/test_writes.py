@@ -220,8 +220,9 @@ def test_kept_plain_reads_see_every_write(tmp_path: Path) -> None:
     catalog are each seen at the next read, by a new cursor and by a reused one."""
     warehouse = tmp_path / "warehouse"
     read = "SELECT * FROM public.reads"
-    with running_server(warehouse, tmp_path, env={"KRISHIV_READ_CACHE_BYTES": "64M"}
-                        ) as server, adbc_connect(server) as conn, conn.cursor() as reused:
+    with (running_server(warehouse, tmp_path, env={"KRISHIV_READ_CACHE_BYTES": "64M"})
+          as server, adbc_connect(server) as conn, conn.cursor() as reused):
+        assert "read cache: up to 64 MiB of plain table reads" in server.log()
 
         def both_read() -> list[tuple[object, ...]]:
             reused.execute(read)
