@@ -120,9 +120,10 @@ class ReadResults:
         """`messages`, passed on; kept once all have come, if they fit the budget. One
         read of a key collects at a time; the others only pass their messages on."""
         with self._lock:
-            collecting = key not in self._collecting and key not in self._entries
-            if collecting:
+            collector = key not in self._collecting and key not in self._entries
+            if collector:
                 self._collecting.add(key)
+        collecting = collector
         kept: list[bytes] = []
         reserved = 0  # bytes of `kept`, counted against the collecting budget
         try:
@@ -140,8 +141,9 @@ class ReadResults:
                 self._add(key, _Entry(plan, tuple(kept), len(plan) + reserved))
         finally:
             self._release(reserved)
-            with self._lock:
-                self._collecting.discard(key)
+            if collector:
+                with self._lock:
+                    self._collecting.discard(key)
 
     def _reserve(self, size: int, entry_bytes: int) -> bool:
         """Whether one more message of `size` may be collected for an entry holding

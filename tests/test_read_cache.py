@@ -160,6 +160,16 @@ def test_collecting_results_has_a_budget_and_one_reader_per_key() -> None:
     assert results.get(b"k") == (b"123", b"456")  # collecting was all given back
 
 
+def test_the_collecting_read_stays_the_only_one_until_it_ends() -> None:
+    results = ReadResults(max_bytes=100)
+    first = results.keeping(b"k", b"", iter([b"1", b"2"]))
+    assert next(first) == b"1"
+    assert list(results.keeping(b"k", b"", iter([b"1", b"2"]))) == [b"1", b"2"]
+    assert b"k" in results._collecting  # a reader that did not collect left it alone
+    assert list(first) == [b"2"] and results.get(b"k") == (b"1", b"2")
+    assert not results._collecting
+
+
 def test_a_kept_read_still_stops_when_cancelled(engine: SqlEngine) -> None:
     _messages(engine, "SELECT * FROM items")
     query = engine.session().plan("SELECT * FROM items")
