@@ -110,8 +110,7 @@ class _FileLinks:
 class TableCache:
     """DataFusion tables built once per table version, shared by all sessions."""
 
-    def __init__(self, catalog: Catalog,
-                 on_replaced: Callable[[Path], None] = lambda folder: None) -> None:
+    def __init__(self, catalog: Catalog, on_replaced: Callable[[Path], None]) -> None:
         """`on_replaced` hears of each replaced version's folder of file links."""
         self.catalog = catalog
         self._on_replaced = on_replaced

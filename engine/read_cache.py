@@ -25,6 +25,8 @@ from datafusion import DataFrame, ExecutionPlan
 from datafusion.expr import Expr, Projection, SubqueryAlias, TableScan
 from datafusion.plan import LogicalPlan
 
+from engine.plans import operators, unaliased
+
 # Physical operators of a plain read, each passing on the rows below it unchanged.
 _READ_OPERATORS = frozenset({"DataSourceExec", "ProjectionExec", "CoalesceBatchesExec",
                              "CoalescePartitionsExec"})
@@ -51,25 +53,15 @@ def _columns_of_scans(plan: LogicalPlan) -> bool:
 
 
 def _is_column(expr: Expr) -> bool:
-    if expr.variant_name() == "Alias":
-        expr = expr.to_variant().expr()
-    return expr.variant_name() == "Column"
+    return unaliased(expr).variant_name() == "Column"
 
 
 def _reads_files(plan: ExecutionPlan) -> bool:
     """Only pass-through operators over Parquet scans: a session's temporary table ships
     its rows inside the plan and is not kept twice."""
-    nodes = [plan]
-    while nodes:
-        node = nodes.pop()
-        text = node.display()
-        name = text.split(":")[0].strip()
-        if name not in _READ_OPERATORS:
-            return False
-        if name == "DataSourceExec" and "file_type=parquet" not in text:
-            return False
-        nodes.extend(node.children())
-    return True
+    return all(name in _READ_OPERATORS
+               and (name != "DataSourceExec" or "file_type=parquet" in text)
+               for name, text in operators(plan))
 
 
 @dataclass(frozen=True)
