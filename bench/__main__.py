@@ -23,6 +23,10 @@ BENCHMARKS = {
 }
 
 
+# Installed by the dev extras, not by the product: a missing one gets a hint, not a traceback.
+TEST_TOOLS = {"adbc_driver_flightsql", "adbc_driver_manager", "duckdb", "matplotlib"}
+
+
 def run_all(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench all")
     parser.add_argument("--scale", default="1")
@@ -55,5 +59,16 @@ def main(argv: list[str]) -> None:
     module.main(argv[1:])
 
 
+def run(argv: list[str]) -> None:
+    try:
+        main(argv)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TEST_TOOLS:
+            raise
+        raise SystemExit(f"the benchmarks need the test tools, and {exc.name} is not "
+                         "installed: run `make venv`, or `pip install '.[dev]'` in the "
+                         "checkout") from None
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(sys.argv[1:])

@@ -309,16 +309,35 @@ def prepare_catalog(config: ServerConfig) -> Catalog:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(args: tuple[str, ...]) -> None:
     """Run a benchmark: `krishiv bench NAME [ARGS]` is `python -m bench NAME [ARGS]`
-    (bench/README.md). The benchmarks are not installed: they need a source checkout
-    with its test tools (`make venv`)."""
-    checkout = Path(__file__).resolve().parents[1]
-    if not (checkout / "bench" / "__main__.py").is_file():
+    (bench/README.md). The benchmarks are not installed: they run from a source checkout
+    with its test tools (`make venv`, or `pip install '.[dev]'`), this install's own or
+    the one the command is started in."""
+    checkout = bench_checkout(Path(__file__).resolve().parents[1], Path.cwd())
+    if checkout is None:
         raise click.ClickException(
             "the benchmarks run from a source checkout: git clone the project, run "
-            "`make venv` there, then `.venv/bin/krishiv bench NAME`")
+            "`make venv` there, then `.venv/bin/krishiv bench NAME` (or run `krishiv bench` "
+            "inside the checkout)")
     paths = [str(checkout), environ().get("PYTHONPATH", "")]
     env = {**environ(), "PYTHONPATH": os.pathsep.join(path for path in paths if path)}
     sys.exit(subprocess.call([sys.executable, "-m", "bench", *args], env=env))
+
+
+def bench_checkout(installed_from: Path, cwd: Path) -> Path | None:
+    """The source checkout whose bench/ to run: the one this package is installed from
+    (an editable install), else the working folder or the nearest folder above it that
+    is a Krishiv checkout."""
+    for folder in (installed_from, cwd, *cwd.parents):
+        if (folder / "bench" / "__main__.py").is_file() and _is_krishiv_project(folder):
+            return folder
+    return None
+
+
+def _is_krishiv_project(folder: Path) -> bool:
+    try:
+        return 'name = "krishiv"' in (folder / "pyproject.toml").read_text()
+    except OSError:
+        return False
 
 
 def _with_executor_token(auth: AuthConfig, executors: int) -> AuthConfig:

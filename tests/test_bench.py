@@ -55,3 +55,33 @@ def test_krishiv_bench_runs_the_harness_from_any_folder(tmp_path: Path) -> None:
     listed = subprocess.run([str(krishiv), "bench"], cwd=tmp_path, text=True,
                             capture_output=True, timeout=60)
     assert listed.returncode != 0 and "tpch" in listed.stderr
+
+
+def test_krishiv_bench_finds_the_checkout_it_is_started_in(tmp_path: Path) -> None:
+    """A non-editable install (`pip install '.[dev]'`) runs the benchmarks of the checkout
+    `krishiv bench` is started in, or below; any other folder has none."""
+    from flight_server.cli import bench_checkout
+
+    site_packages = tmp_path / "site-packages"
+    site_packages.mkdir()
+    assert bench_checkout(site_packages, REPO) == REPO
+    assert bench_checkout(site_packages, REPO / "bench") == REPO
+    assert bench_checkout(site_packages, tmp_path) is None
+    impostor = tmp_path / "other"
+    (impostor / "bench").mkdir(parents=True)
+    (impostor / "bench" / "__main__.py").write_text("")
+    (impostor / "pyproject.toml").write_text('[project]\nname = "other"\n')
+    assert bench_checkout(site_packages, impostor) is None
+    assert bench_checkout(REPO, impostor) == REPO
+
+
+def test_a_missing_test_tool_is_named_not_a_traceback() -> None:
+    """Without the dev extras the harness says what to install."""
+    blocked = ("import sys; sys.modules['adbc_driver_flightsql'] = None; "
+               "sys.modules['adbc_driver_flightsql.dbapi'] = None; "
+               "from bench.__main__ import run; run(['latency', '--runs', '1'])")
+    done = subprocess.run([sys.executable, "-c", blocked], cwd=REPO, text=True,
+                          capture_output=True, timeout=120)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "adbc_driver_flightsql" in done.stderr and "pip install '.[dev]'" in done.stderr
