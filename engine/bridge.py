@@ -20,6 +20,7 @@ from datafusion.catalog import CatalogProvider, SchemaProvider, Table
 from catalog import Catalog, NamespaceNotFound, TableIdent, TableNotFound, TableScan
 from engine.arrow_types import plain_schema, scan_schema
 from engine.config import EngineConfig
+from engine.errors import DataUnavailable
 
 # Shared settings for every DataFusion context the engine makes.
 DATAFUSION_SETTINGS = {
@@ -130,6 +131,7 @@ class TableCache:
         a Parquet scan starts DataFusion's runtime, which cannot nest.
         """
         scan = self.catalog.scan(ident)
+        _check_files(scan)
         with self._lock:
             cached = self._tables.get(ident)
             if cached is not None and cached[0] == scan.version:
@@ -177,6 +179,15 @@ class TableCache:
 
     def close(self) -> None:
         self._links.close()
+
+
+def _check_files(scan: TableScan) -> None:
+    """Every local data file of the version must be there: DataFusion's listing of a
+    folder of links skips a dangling one and would answer with its rows missing."""
+    for path in scan.data_files:
+        if "://" not in path and not os.path.isfile(path):
+            raise DataUnavailable(f"cannot read table {scan.ident}: its data file {path} "
+                                  "is missing")
 
 
 class _NamespaceSchema(SchemaProvider):

@@ -25,6 +25,10 @@ class ResourceExhausted(EngineError):
     """The query went over its memory limit."""
 
 
+class DataUnavailable(EngineError):
+    """A table's stored data cannot be read: a data file of its current version is gone."""
+
+
 class QueryTimeout(EngineError):
     """The query ran longer than the server's query timeout."""
 

@@ -77,7 +77,8 @@ _BY_TYPE: list[tuple[tuple[type[BaseException], ...], type[ClientError]]] = [
     ((engine_errors.ResourceExhausted,), ResourceExhausted),
     ((engine_errors.QueryTimeout,), DeadlineExceeded),
     ((engine_errors.QueryCancelled,), Cancelled),
-    ((CatalogUnavailable, engine_errors.ServerBusy), Unavailable),
+    ((CatalogUnavailable, engine_errors.ServerBusy, engine_errors.DataUnavailable),
+     Unavailable),
 ]
 
 

@@ -243,6 +243,37 @@ def test_kept_plain_reads_see_every_write(tmp_path: Path) -> None:
         assert both_read() == [(10,), (11,)]
 
 
+def test_a_missing_data_file_is_an_error_not_missing_rows(tmp_path: Path) -> None:
+    """A data file of a table's current version that vanished from storage makes reads of
+    the table fail with UNAVAILABLE, naming the file, rather than answer without its rows
+    (even a read kept in the cache); the table reads again once the file is back, and can
+    be dropped meanwhile."""
+    warehouse = tmp_path / "warehouse"
+    read = "SELECT * FROM public.lost"
+    with running_server(warehouse, tmp_path, token=TOKEN) as server, \
+            adbc_connect(server) as conn:
+        fetch_rows(conn, "CREATE TABLE public.lost (id BIGINT)")
+        fetch_rows(conn, "INSERT INTO public.lost VALUES (1), (2)")
+        fetch_rows(conn, "INSERT INTO public.lost VALUES (3)")
+        assert sorted(fetch_rows(conn, read)) == [(1,), (2,), (3,)]
+        files = IcebergCatalog.embedded(str(warehouse)).scan(
+            TableIdent("public", "lost")).data_files
+        assert len(files) == 2
+        gone = Path(files[0])
+        gone.rename(tmp_path / "moved.parquet")
+        code, message = grpc_status_of_query(server.port, read, TOKEN)
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert message == (f"cannot read table public.lost: its data file {gone} is missing")
+        with pytest.raises(adbc_driver_manager.Error, match="is missing"):
+            fetch_rows(conn, "SELECT count(*) FROM public.lost")
+        (tmp_path / "moved.parquet").rename(gone)
+        assert sorted(fetch_rows(conn, read)) == [(1,), (2,), (3,)]
+        gone.unlink()
+        fetch_rows(conn, "DROP TABLE public.lost")
+        with pytest.raises(adbc_driver_manager.Error, match="lost"):
+            fetch_rows(conn, read)
+
+
 def test_adbc_error_codes_for_writes(wconn: flightsql.Connection) -> None:
     with wconn.cursor() as cur, pytest.raises(adbc_driver_manager.Error) as err:
         cur.execute("CREATE TABLE tpch.nation (a INT)")
