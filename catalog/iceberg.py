@@ -24,7 +24,7 @@ from sqlalchemy import bindparam, select
 
 from catalog.api import Catalog, TableIdent, TableScan
 from catalog.errors import AlreadyExists, InvalidData, NamespaceNotFound, TableNotFound
-from catalog.rows import fit_rows
+from catalog.rows import fit_rows_for_iceberg
 
 T = TypeVar("T")
 
@@ -148,14 +148,14 @@ class IcebergCatalog(Catalog):
         """One atomic snapshot with `rows`, cast to the table's schema."""
         table = self._load(ident)
         target = table.schema().as_arrow()
-        fitted = fit_rows(rows, target)
+        fitted = fit_rows_for_iceberg(rows, target)
         with _typed_errors():
             table.append(fitted)
 
     def replace(self, ident: TableIdent, rows: pa.Table) -> None:
         """One atomic overwrite snapshot with `rows`, cast to the table's schema."""
         table = self._load(ident)
-        fitted = fit_rows(rows, table.schema().as_arrow())
+        fitted = fit_rows_for_iceberg(rows, table.schema().as_arrow())
         with _typed_errors():
             table.overwrite(fitted)
 

@@ -12,9 +12,9 @@ from collections.abc import Callable
 import pyarrow as pa
 
 from catalog import InvalidData, TableIdent
-from catalog.rows import fit_rows
+from catalog.rows import fit_rows, same_but_offsets
 from engine import Session
-from engine.arrow_types import plain_schema
+from engine.arrow_types import plain_schema, plain_type
 from flight_server.errors import (
     AlreadyExistsError,
     InvalidArgument,
@@ -28,8 +28,12 @@ Options = sql.CommandStatementIngest.TableDefinitionOptions
 
 
 def read_capped(upload: PutStream, max_bytes: int, is_cancelled: Callable[[], bool]) -> pa.Table:
+    """The upload with plain types; 64-bit string offsets (pandas', polars') stay, which
+    the Iceberg writer takes as they are: casting them copied every value."""
     rows = upload.read_all(max_bytes, is_cancelled)
-    return rows.cast(plain_schema(rows.schema))
+    schema = pa.schema([field if same_but_offsets(field.type, plain_type(field.type))
+                        else field.with_type(plain_type(field.type)) for field in rows.schema])
+    return rows if schema.equals(rows.schema) else rows.cast(schema)
 
 
 def ingest(
@@ -46,7 +50,8 @@ def ingest(
         if not part or "." in part:
             raise InvalidArgument(f"invalid name {part!r}: names must be non-empty, no dots")
     if command.temporary:
-        return _ingest_temporary(session, command, read_capped(upload, max_bytes, is_cancelled))
+        rows = read_capped(upload, max_bytes, is_cancelled)
+        return _ingest_temporary(session, command, rows.cast(plain_schema(rows.schema)))
     catalog_name = session.engine.config.catalog_name
     if command.HasField("catalog") and command.catalog not in ("", catalog_name):
         raise NotFound(f"no catalog named {command.catalog}")

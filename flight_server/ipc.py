@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import pyarrow as pa
+from google.protobuf.message import DecodeError
 
 from engine.arrow_types import ResultBatch
 from flight_server.errors import Cancelled, InvalidArgument, ResourceExhausted, Unimplemented
@@ -69,27 +71,92 @@ def encode_stream(schema: pa.Schema, batches: Iterable[ResultBatch]) -> Iterator
         yield batch if isinstance(batch, bytes) else flight_data(batch.serialize())
 
 
-def _encapsulate(data: fpb.FlightData) -> pa.Buffer:
-    header = data.data_header
-    padding = b"\x00" * (-len(header) % 8)
-    prefix = _CONTINUATION + struct.pack("<i", len(header) + len(padding))
-    return pa.py_buffer(prefix + header + padding + data.data_body)
+@dataclass(frozen=True)
+class _Upload:
+    """What DoPut reads of one uploaded FlightData message: views into its serialized
+    bytes, not copies (parsing it as a protobuf message copies the body twice, which on a
+    1 GB ingest cost a tenth of its time)."""
+
+    descriptor: memoryview | None
+    header: memoryview
+    body: memoryview
+
+
+def _varint_at(data: memoryview, at: int) -> tuple[int, int]:
+    """The varint at `at`, and where it ends."""
+    value = shift = 0
+    while shift < 64:
+        if at >= len(data):
+            break
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+    raise InvalidArgument("malformed FlightData in DoPut")
+
+
+def _upload(serialized: bytes) -> _Upload:
+    """The fields of a serialized FlightData: 1 (descriptor), 2 (header), 1000 (body);
+    the last of a repeated one counts, as in protobuf."""
+    data = memoryview(serialized)
+    found: dict[int, memoryview] = {}
+    at = 0
+    while at < len(data):
+        key, at = _varint_at(data, at)
+        wire_type = key & 7
+        if wire_type == 0:
+            _, at = _varint_at(data, at)
+            continue
+        if wire_type in (1, 5):
+            at += 8 if wire_type == 1 else 4
+            continue
+        if wire_type != 2:
+            raise InvalidArgument("malformed FlightData in DoPut")
+        size, at = _varint_at(data, at)
+        if at + size > len(data):
+            raise InvalidArgument("malformed FlightData in DoPut")
+        found[key >> 3] = data[at:at + size]
+        at += size
+    empty = data[:0]
+    return _Upload(found.get(1), found.get(2, empty), found.get(1000, empty))
+
+
+def _encapsulate(upload: _Upload) -> pa.Buffer:
+    """The upload's IPC message as one encapsulated buffer, 8-byte aligned as Arrow wants
+    it: the one copy of the body on the way in."""
+    header, body = upload.header, upload.body
+    padded = len(header) + (-len(header) % 8)
+    message = pa.allocate_buffer(8 + padded + len(body))
+    out = memoryview(message).cast("B")
+    out[:8] = _CONTINUATION + struct.pack("<i", padded)
+    out[8:8 + len(header)] = header
+    out[8 + len(header):8 + padded] = bytes(padded - len(header))
+    out[8 + padded:] = body
+    return message
 
 
 class PutStream:
-    """The record batches of a DoPut upload, read lazily from the gRPC request stream."""
+    """The record batches of a DoPut upload, read lazily from the gRPC request stream of
+    serialized FlightData messages."""
 
-    def __init__(self, messages: Iterator[fpb.FlightData]) -> None:
-        self._messages = messages
-        first = next(messages, None)
+    def __init__(self, messages: Iterator[bytes]) -> None:
+        self._messages = (_upload(message) for message in messages)
+        first = next(self._messages, None)
         if first is None:
             raise InvalidArgument("DoPut stream is empty")
-        self.descriptor = first.flight_descriptor
+        self.descriptor = fpb.FlightDescriptor()
+        if first.descriptor is not None:
+            try:
+                self.descriptor.ParseFromString(first.descriptor)
+            except DecodeError:
+                raise InvalidArgument("malformed FlightDescriptor in DoPut") from None
         self.schema = self._read_schema(first)
 
     @staticmethod
-    def _read_schema(first: fpb.FlightData) -> pa.Schema:
-        if not first.data_header:
+    def _read_schema(first: _Upload) -> pa.Schema:
+        if not first.header:
             return pa.schema([])  # a bare descriptor: an update with nothing to bind
         try:
             message = pa.ipc.read_message(_encapsulate(first))
@@ -102,7 +169,7 @@ class PutStream:
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         for data in self._messages:
-            if not data.data_header:
+            if not data.header:
                 continue  # metadata-only message
             try:
                 message = pa.ipc.read_message(_encapsulate(data))

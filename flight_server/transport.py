@@ -150,7 +150,7 @@ class FlightService:
         schema, batches = self._handler.do_get(call, ticket.ticket)
         return encode_stream(schema, batches)
 
-    def do_put(self, call: Call, messages: Iterator[fpb.FlightData]) -> Iterator[fpb.PutResult]:
+    def do_put(self, call: Call, messages: Iterator[bytes]) -> Iterator[fpb.PutResult]:
         upload = PutStream(messages)
         for metadata in self._handler.do_put(call, upload):
             yield fpb.PutResult(app_metadata=metadata)
@@ -180,20 +180,21 @@ class FlightService:
                 self._streaming(method), request_deserializer=request.FromString,
                 response_serializer=ser)
 
-        def both_streams(method: Callable[..., Any], request: Any) -> grpc.RpcMethodHandler:
+        def both_streams(method: Callable[..., Any], parse: Callable[[bytes], Any]
+                         ) -> grpc.RpcMethodHandler:
             return grpc.stream_stream_rpc_method_handler(
-                self._streaming(method), request_deserializer=request.FromString,
-                response_serializer=ser)
+                self._streaming(method), request_deserializer=parse, response_serializer=ser)
 
         return grpc.method_handlers_generic_handler(SERVICE, {
-            "Handshake": both_streams(self.handshake, fpb.HandshakeRequest),
+            "Handshake": both_streams(self.handshake, fpb.HandshakeRequest.FromString),
             "ListFlights": out_stream(self.list_flights, fpb.Criteria),
             "GetFlightInfo": unary(self.get_flight_info, fpb.FlightDescriptor),
             "PollFlightInfo": unary(self.poll_flight_info, fpb.FlightDescriptor),
             "GetSchema": unary(self.get_schema, fpb.FlightDescriptor),
             "DoGet": out_stream(self.do_get, fpb.Ticket),
-            "DoPut": both_streams(self.do_put, fpb.FlightData),
-            "DoExchange": both_streams(self.do_exchange, fpb.FlightData),
+            # DoPut takes FlightData as sent: ipc.PutStream cuts it apart without copies.
+            "DoPut": both_streams(self.do_put, bytes),
+            "DoExchange": both_streams(self.do_exchange, fpb.FlightData.FromString),
             "DoAction": out_stream(self.do_action, fpb.Action),
             "ListActions": out_stream(self.list_actions, fpb.Empty),
         })
