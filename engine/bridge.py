@@ -131,7 +131,7 @@ class TableCache:
         a Parquet scan starts DataFusion's runtime, which cannot nest.
         """
         scan = self.catalog.scan(ident)
-        _check_files(scan)
+        check_data_files(scan)
         with self._lock:
             cached = self._tables.get(ident)
             if cached is not None and cached[0] == scan.version:
@@ -181,7 +181,7 @@ class TableCache:
         self._links.close()
 
 
-def _check_files(scan: TableScan) -> None:
+def check_data_files(scan: TableScan) -> None:
     """Every local data file of the version must be there: DataFusion's listing of a
     folder of links skips a dangling one and would answer with its rows missing."""
     for path in scan.data_files:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -335,8 +336,9 @@ def bench_checkout(installed_from: Path, cwd: Path) -> Path | None:
 
 def _is_krishiv_project(folder: Path) -> bool:
     try:
-        return 'name = "krishiv"' in (folder / "pyproject.toml").read_text()
-    except OSError:
+        with (folder / "pyproject.toml").open("rb") as project:
+            return bool(tomllib.load(project).get("project", {}).get("name") == "krishiv")
+    except (OSError, tomllib.TOMLDecodeError):
         return False
 
 

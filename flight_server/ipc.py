@@ -77,50 +77,61 @@ class _Upload:
     bytes, not copies (parsing it as a protobuf message copies the body twice, which on a
     1 GB ingest cost a tenth of its time)."""
 
-    descriptor: memoryview | None
+    descriptor: list[memoryview]  # every field-1 part: protobuf merges a repeated message
     header: memoryview
     body: memoryview
+
+
+_MALFORMED = "malformed FlightData in DoPut"
+_FIXED_BYTES = {1: 8, 5: 4}  # wire types 64-bit and 32-bit
 
 
 def _varint_at(data: memoryview, at: int) -> tuple[int, int]:
     """The varint at `at`, and where it ends."""
     value = shift = 0
-    while shift < 64:
-        if at >= len(data):
-            break
+    while shift < 64 and at < len(data):
         byte = data[at]
         at += 1
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
             return value, at
         shift += 7
-    raise InvalidArgument("malformed FlightData in DoPut")
+    raise InvalidArgument(_MALFORMED)
 
 
 def _upload(serialized: bytes) -> _Upload:
     """The fields of a serialized FlightData: 1 (descriptor), 2 (header), 1000 (body);
-    the last of a repeated one counts, as in protobuf."""
+    other fields are skipped, and the last of a repeated header or body counts, as in
+    protobuf. Groups (wire types 3, 4), long deprecated, are refused."""
     data = memoryview(serialized)
+    descriptor: list[memoryview] = []
     found: dict[int, memoryview] = {}
     at = 0
     while at < len(data):
         key, at = _varint_at(data, at)
-        wire_type = key & 7
+        number, wire_type = key >> 3, key & 7
+        if number == 0:
+            raise InvalidArgument(_MALFORMED)
         if wire_type == 0:
             _, at = _varint_at(data, at)
             continue
-        if wire_type in (1, 5):
-            at += 8 if wire_type == 1 else 4
+        if wire_type in _FIXED_BYTES:
+            at += _FIXED_BYTES[wire_type]
             continue
         if wire_type != 2:
-            raise InvalidArgument("malformed FlightData in DoPut")
+            raise InvalidArgument(_MALFORMED)
         size, at = _varint_at(data, at)
         if at + size > len(data):
-            raise InvalidArgument("malformed FlightData in DoPut")
-        found[key >> 3] = data[at:at + size]
+            raise InvalidArgument(_MALFORMED)
+        if number == 1:
+            descriptor.append(data[at:at + size])
+        else:
+            found[number] = data[at:at + size]
         at += size
+    if at > len(data):  # a fixed-size field cut short
+        raise InvalidArgument(_MALFORMED)
     empty = data[:0]
-    return _Upload(found.get(1), found.get(2, empty), found.get(1000, empty))
+    return _Upload(descriptor, found.get(2, empty), found.get(1000, empty))
 
 
 def _encapsulate(upload: _Upload) -> pa.Buffer:
@@ -147,11 +158,11 @@ class PutStream:
         if first is None:
             raise InvalidArgument("DoPut stream is empty")
         self.descriptor = fpb.FlightDescriptor()
-        if first.descriptor is not None:
-            try:
-                self.descriptor.ParseFromString(first.descriptor)
-            except DecodeError:
-                raise InvalidArgument("malformed FlightDescriptor in DoPut") from None
+        try:
+            for part in first.descriptor:
+                self.descriptor.MergeFromString(part)
+        except DecodeError:
+            raise InvalidArgument("malformed FlightDescriptor in DoPut") from None
         self.schema = self._read_schema(first)
 
     @staticmethod

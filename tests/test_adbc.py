@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
+from pathlib import Path
 
 import adbc_driver_flightsql.dbapi as flightsql
 import adbc_driver_manager
@@ -275,3 +276,25 @@ def test_big_result_streams_whole_through_adbc(conn: flightsql.Connection) -> No
     assert got.nbytes > 3 * 4 * 1024 * 1024
     assert got.combine_chunks().equals(table.combine_chunks())
     assert scanned.sort_by("id").combine_chunks().equals(table.combine_chunks())
+
+
+def test_server_processes_keep_freed_memory_a_while(server: RunningServer,
+                                                    conn: flightsql.Connection) -> None:
+    """The `krishiv` command starts its query workers with mimalloc's purge delay set
+    (flight_server/launch.py), since the setting must be in place before Arrow loads."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM lineitem")
+        cur.fetchall()
+    children = [stat.parent for stat in Path("/proc").glob("[0-9]*/stat")
+                if _parent_pid(stat) == server.process.pid]
+    assert children
+    for child in children:
+        environment = (child / "environ").read_bytes().split(b"\0")
+        assert b"MIMALLOC_PURGE_DELAY=10000" in environment
+
+
+def _parent_pid(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):  # the process is gone
+        return None

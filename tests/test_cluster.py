@@ -17,7 +17,7 @@ import grpc
 import pyarrow.flight as flight
 import pytest
 
-from catalog import IcebergCatalog
+from catalog import IcebergCatalog, TableIdent
 from engine.distributed.shuffle import RESULT_TICKET_PREFIX
 from flight_server.cluster import (
     MIN_SHUFFLE_PARTITIONS,
@@ -159,6 +159,33 @@ def test_parameters_and_writes_with_executors(cluster: RunningServer) -> None:
         cur.execute("SELECT count(*) FROM public.cluster_t")
         assert cur.fetchall() == [(6,)]
         cur.execute("DROP TABLE public.cluster_t")
+
+
+def test_a_missing_data_file_is_an_error_on_executors(cluster: RunningServer,
+                                                      demo_warehouse: Path) -> None:
+    """A query planned into stages fails UNAVAILABLE, naming the file, when a data file
+    of a table's current version is gone, rather than answer without its rows."""
+    read = "SELECT count(*) FROM public.lost_on_executors"
+    with adbc_connect(cluster) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE public.lost_on_executors (id BIGINT)")
+        cur.execute("INSERT INTO public.lost_on_executors VALUES (1), (2)")
+        cur.execute("INSERT INTO public.lost_on_executors VALUES (3)")
+        cur.execute(read)
+        assert cur.fetchall() == [(3,)]
+        gone = Path(IcebergCatalog.embedded(str(demo_warehouse)).scan(
+            TableIdent("public", "lost_on_executors")).data_files[0])
+        moved = gone.with_name("moved-away")
+        gone.rename(moved)
+        try:
+            code, message = grpc_status_of_query(cluster.port, read, TOKEN)
+            assert code == grpc.StatusCode.UNAVAILABLE
+            assert message == ("cannot read table public.lost_on_executors: its data file "
+                               f"{gone} is missing")
+        finally:
+            moved.rename(gone)
+        cur.execute(read)
+        assert cur.fetchall() == [(3,)]
+        cur.execute("DROP TABLE public.lost_on_executors")
 
 
 JOIN_QUERY = ("SELECT o_orderpriority, count(*) AS n FROM orders JOIN lineitem "

@@ -179,7 +179,7 @@ def test_malformed_uploads_are_invalid_and_harmless(server: RunningServer) -> No
     cases: list[list[fpb.FlightData | bytes]] = [
         [b"\x12\xff"],  # a field longer than the message
         [b"\x0a\x03\xff\xff\xff"],  # a descriptor that is no FlightDescriptor
-        [b"\x13"],  # a wire type protobuf does not have (start group)
+        [b"\x13"],  # a group (wire type 3), long deprecated: refused
         [first, b"\xc2\x3e\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01"],  # endless varint
         [first.SerializeToString() + b"\x12"],  # cut short after a tag
         [fpb.FlightData(flight_descriptor=descriptor, data_header=batch_header)],  # no schema

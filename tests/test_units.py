@@ -10,6 +10,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from catalog import TableIdent
 from engine.arrow_types import conform_batch, plain_schema, sized_batches, split_batch
@@ -19,6 +22,9 @@ from engine.references import referenced_tables
 from engine.session import datafusion_text
 from engine.text_cache import KEPT_LENGTH, by_short_text
 from flight_server.config import ConfigError, auth_config, parse_size, parse_users, split_tokens
+from flight_server.errors import InvalidArgument
+from flight_server.generated import Flight_pb2 as fpb
+from flight_server.ipc import _upload
 from flight_server.metadata import like_matcher
 from tests.reference import matches, order_keys
 
@@ -168,3 +174,65 @@ def test_answers_are_checked_in_order_of_their_order_by_keys() -> None:
     assert not matches([(2, "c"), (1, "a")], duck, text)
     assert order_keys("SELECT a, b FROM t ORDER BY 2, a", ["a", "b"]) == [1, 0]
     assert order_keys("SELECT a FROM t", ["a"]) == []
+
+
+_DATA_FIELDS = st.fixed_dictionaries({}, optional={
+    "flight_descriptor": st.builds(fpb.FlightDescriptor, type=st.sampled_from([1, 2]),
+                                   cmd=st.binary(max_size=20),
+                                   path=st.lists(st.text(max_size=5), max_size=2)),
+    "data_header": st.binary(max_size=40),
+    "app_metadata": st.binary(max_size=10),
+    "data_body": st.binary(max_size=300),
+})
+
+
+def _merged_descriptor(parts: list[memoryview]) -> fpb.FlightDescriptor:
+    descriptor = fpb.FlightDescriptor()
+    for part in parts:
+        descriptor.MergeFromString(part)
+    return descriptor
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_DATA_FIELDS, min_size=1, max_size=3))
+def test_uploads_are_cut_apart_as_protobuf_reads_them(parts: list[dict[str, object]]) -> None:
+    """DoPut's own FlightData parser agrees with protobuf, repeated and merged fields too
+    (serialized messages one after another read as one merged message)."""
+    serialized = b"".join(fpb.FlightData(**fields).SerializeToString()  # type: ignore[arg-type]
+                          for fields in parts)
+    expected = fpb.FlightData.FromString(serialized)
+    upload = _upload(serialized)
+    assert bytes(upload.header) == expected.data_header
+    assert bytes(upload.body) == expected.data_body
+    assert _merged_descriptor(upload.descriptor) == expected.flight_descriptor
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=60))
+def test_garbled_uploads_are_refused_or_read_as_protobuf_reads_them(data: bytes) -> None:
+    try:
+        upload = _upload(data)
+    except InvalidArgument as exc:
+        assert str(exc) == "malformed FlightData in DoPut"
+        return
+    try:
+        expected = fpb.FlightData.FromString(data)
+    except DecodeError:  # then the descriptor must be what protobuf could not read
+        with pytest.raises(DecodeError):
+            _merged_descriptor(upload.descriptor)
+        return
+    assert bytes(upload.header) == expected.data_header
+    assert bytes(upload.body) == expected.data_body
+
+
+@pytest.mark.parametrize("data", [
+    b"\x0d\x01\x02",  # a 32-bit field cut short
+    b"\x09\x01",  # a 64-bit field cut short
+    b"\x02\x00",  # field number 0
+    b"\x13\x14",  # a group
+    b"\x12\x05ab",  # a header longer than the message
+    b"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01",  # a varint past 64 bits
+])
+def test_malformed_uploads_are_refused(data: bytes) -> None:
+    with pytest.raises(InvalidArgument, match=r"^malformed FlightData in DoPut$"):
+        _upload(data)

@@ -25,6 +25,7 @@ from engine.config import EngineConfig
 from engine.distributed.ids import StageId
 from engine.distributed.planner import ScanSpec, input_name
 from engine.distributed.shuffle import open_shuffle_file
+from engine.errors import DataUnavailable
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ def _register_parquet(ctx: SessionContext, name: str, files: list[Path], schema:
     folder = scratch / name
     folder.mkdir(parents=True)
     for number, file in enumerate(files):
+        if not file.is_file():  # a dangling link would be skipped: rows lost, no error
+            raise DataUnavailable(f"data file {file} is missing")
         (folder / f"{number:06d}.parquet").symlink_to(file.resolve())
     ctx.register_parquet(name, str(folder), schema=schema, file_extension=".parquet")
 

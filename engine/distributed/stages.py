@@ -18,7 +18,7 @@ from datafusion.plan import LogicalPlan
 
 from catalog import NamespaceNotFound, TableIdent, TableNotFound
 from engine.arrow_types import plain_schema
-from engine.bridge import CatalogBridge, base_context
+from engine.bridge import CatalogBridge, base_context, check_data_files
 from engine.config import EngineConfig
 from engine.distributed.ids import StageId
 from engine.distributed.planner import PlanSchemas, StagePlan, TableFiles, plan_stages
@@ -174,6 +174,7 @@ def _snapshot_files(engine: SqlEngine, referenced: Iterable[TableIdent]
             continue  # planning reports it
         if scan.arrow is not None and (scan.arrow.num_rows or scan.data_files):
             raise NotDistributable(f"table {ident} has row-level deletes")
+        check_data_files(scan)
         size = sum(scan.data_file_bytes) if len(scan.data_file_bytes) == len(
             scan.data_files) else None
         found[ident] = TableFiles(str(ident), tuple(scan.data_files), plain_schema(scan.schema),
