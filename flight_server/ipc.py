@@ -84,6 +84,8 @@ class _Upload:
 
 _MALFORMED = "malformed FlightData in DoPut"
 _FIXED_BYTES = {1: 8, 5: 4}  # wire types 64-bit and 32-bit
+_MAX_FIELD_NUMBER = 2**29 - 1
+_MAX_KEY_BYTES = 5  # a key is a 32-bit varint
 
 
 def _varint_at(data: memoryview, at: int) -> tuple[int, int]:
@@ -108,9 +110,12 @@ def _upload(serialized: bytes) -> _Upload:
     found: dict[int, memoryview] = {}
     at = 0
     while at < len(data):
+        start = at
         key, at = _varint_at(data, at)
+        if at - start > _MAX_KEY_BYTES:
+            raise InvalidArgument(_MALFORMED)
         number, wire_type = key >> 3, key & 7
-        if number == 0:
+        if not 0 < number <= _MAX_FIELD_NUMBER:
             raise InvalidArgument(_MALFORMED)
         if wire_type == 0:
             _, at = _varint_at(data, at)

@@ -229,6 +229,8 @@ def test_garbled_uploads_are_refused_or_read_as_protobuf_reads_them(data: bytes)
     b"\x0d\x01\x02",  # a 32-bit field cut short
     b"\x09\x01",  # a 64-bit field cut short
     b"\x02\x00",  # field number 0
+    b"\x95\x80\x80\x80\x10\x00\x00\x00\x00",  # a field number past 2**29 - 1
+    b"\xf1\xff\x95\x9e\x8c\x00" + bytes(8),  # a key in six bytes (at most five)
     b"\x13\x14",  # a group
     b"\x12\x05ab",  # a header longer than the message
     b"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01",  # a varint past 64 bits
