@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from pathlib import Path
 
-from flight_server.launch import PURGE_DELAY_MS
+from flight_server.launch import keep_freed_memory
 
 # The Krishiv servers run with this allocator setting (flight_server/launch.py); the
 # engines run in this process (DataFusion, the bare pyarrow servers) get it too, so that
 # ratios compare the servers, not the settings. Read when Arrow and DataFusion load.
-os.environ.setdefault("MIMALLOC_PURGE_DELAY", PURGE_DELAY_MS)
+keep_freed_memory()
 
 BENCHMARKS = {
     "tpch": "TPC-H: Krishiv embedded and single-node vs DataFusion, DuckDB (and Ballista)",

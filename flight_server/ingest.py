@@ -27,13 +27,19 @@ from flight_server.ipc import PutStream
 Options = sql.CommandStatementIngest.TableDefinitionOptions
 
 
-def read_capped(upload: PutStream, max_bytes: int, is_cancelled: Callable[[], bool]) -> pa.Table:
-    """The upload with plain types; 64-bit string offsets (pandas', polars') stay, which
-    the Iceberg writer takes as they are: casting them copied every value."""
+def read_capped(upload: PutStream, max_bytes: int, is_cancelled: Callable[[], bool],
+                types: Callable[[pa.Schema], pa.Schema]) -> pa.Table:
+    """The upload, its columns cast to `types(its schema)` where they differ."""
     rows = upload.read_all(max_bytes, is_cancelled)
-    schema = pa.schema([field if same_but_offsets(field.type, plain_type(field.type))
-                        else field.with_type(plain_type(field.type)) for field in rows.schema])
+    schema = types(rows.schema)
     return rows if schema.equals(rows.schema) else rows.cast(schema)
+
+
+def _storable_schema(schema: pa.Schema) -> pa.Schema:
+    """Plain types, except that 64-bit string offsets (pandas', polars') stay: the Iceberg
+    writer takes them as they are, and casting them copied every value."""
+    return pa.schema([field if same_but_offsets(field.type, plain_type(field.type))
+                      else field.with_type(plain_type(field.type)) for field in schema])
 
 
 def ingest(
@@ -50,14 +56,14 @@ def ingest(
         if not part or "." in part:
             raise InvalidArgument(f"invalid name {part!r}: names must be non-empty, no dots")
     if command.temporary:
-        rows = read_capped(upload, max_bytes, is_cancelled)
-        return _ingest_temporary(session, command, rows.cast(plain_schema(rows.schema)))
+        return _ingest_temporary(
+            session, command, read_capped(upload, max_bytes, is_cancelled, plain_schema))
     catalog_name = session.engine.config.catalog_name
     if command.HasField("catalog") and command.catalog not in ("", catalog_name):
         raise NotFound(f"no catalog named {command.catalog}")
     namespace = command.schema if command.HasField("schema") else session.default_schema
     ident = TableIdent(namespace, command.table)
-    rows = read_capped(upload, max_bytes, is_cancelled)
+    rows = read_capped(upload, max_bytes, is_cancelled, _storable_schema)
     catalog = session.engine.catalog
     options = command.table_definition_options
     if not catalog.table_exists(ident):

@@ -14,8 +14,13 @@ import os
 PURGE_DELAY_MS = "10000"
 
 
-def main() -> None:
+def keep_freed_memory() -> None:
+    """Set the purge delay for this process and its children, unless already set."""
     os.environ.setdefault("MIMALLOC_PURGE_DELAY", PURGE_DELAY_MS)
+
+
+def main() -> None:
+    keep_freed_memory()
     from flight_server.cli import main as cli_main
 
     cli_main()

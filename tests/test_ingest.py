@@ -77,6 +77,30 @@ def test_append_and_its_failures(iconn: flightsql.Connection) -> None:
     assert fetch_rows(iconn, "SELECT count(*), max(id) FROM public.grown") == [(5, 4)]
 
 
+def test_string_offsets_of_either_width_mix(iconn: flightsql.Connection) -> None:
+    """Uploads with 32- and 64-bit string and binary offsets (pyarrow's and pandas' or
+    polars' defaults) create, append to and replace the same table; every row reads back
+    as sent, with plain types."""
+    def rows(start: int, strings: pa.DataType, binaries: pa.DataType) -> pa.Table:
+        ids = pa.array(range(start, start + 3), pa.int64())
+        labels = pc.cast(ids, pa.string())
+        return pa.table({"id": ids, "label": labels.cast(strings),
+                         "raw": labels.cast(binaries)})
+
+    _ingest(iconn, "widths", rows(0, pa.large_string(), pa.large_binary()), "create")
+    _ingest(iconn, "widths", rows(3, pa.string(), pa.binary()), "append")
+    _ingest(iconn, "widths", rows(6, pa.large_string(), pa.binary()), "append")
+    with iconn.cursor() as cur:
+        cur.execute("SELECT id, label, raw FROM public.widths ORDER BY id")
+        table = cur.fetch_arrow_table()
+    assert table.schema.types == [pa.int64(), pa.string(), pa.binary()]
+    assert table.to_pylist() == [{"id": i, "label": str(i), "raw": str(i).encode()}
+                                 for i in range(9)]
+    _ingest(iconn, "widths", rows(20, pa.string(), pa.large_binary()), "replace")
+    assert fetch_rows(iconn, "SELECT id, label FROM public.widths ORDER BY id") == [
+        (20, "20"), (21, "21"), (22, "22")]
+
+
 def test_replace_and_create_append(iconn: flightsql.Connection) -> None:
     _ingest(iconn, "swapped", _data(0, 5), "create")
     assert _ingest(iconn, "swapped", _data(100, 2), "replace") == 2
