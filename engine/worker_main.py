@@ -22,7 +22,9 @@ from datafusion.plan import ExecutionPlan
 
 from engine.arrow_types import conform_batch, sized_batches
 from engine.bridge import base_context
-from engine.distributed.stage_task import StageTask, stage_frame
+from engine.config import EngineConfig
+from engine.distributed.shuffle import MapOutput
+from engine.distributed.stage_task import StageContexts, StageTask
 from engine.workers import (
     ACK,
     BATCH,
@@ -137,14 +139,22 @@ class _SlotWriter:
         out.flush()
 
 
-def _run(kind: bytes, payload: bytes, out: IO[bytes], slots: _SlotWriter) -> None:
+def _run(kind: bytes, payload: bytes, out: IO[bytes], slots: _SlotWriter,
+         contexts: StageContexts) -> None:
     config, schema, plan_bytes, output = decode_request(payload)
     if kind == STAGE_REQUEST:
-        ctx, frame = stage_frame(config, StageTask.decode(plan_bytes))
-        plan = frame.execution_plan()
+        with contexts.frame(config, StageTask.decode(plan_bytes)) as (ctx, frame):
+            _send(ctx, frame.execution_plan(), schema, output, out, slots, config)
     else:
         ctx = base_context(config)
-        plan = ExecutionPlan.from_bytes(ctx, plan_bytes)
+        _send(ctx, ExecutionPlan.from_bytes(ctx, plan_bytes), schema, output, out, slots,
+              config)
+
+
+def _send(ctx: SessionContext, plan: ExecutionPlan, schema: pa.Schema,
+          output: MapOutput | None, out: IO[bytes], slots: _SlotWriter,
+          config: EngineConfig) -> None:
+    """Run `plan`: into `output`'s files if there is one, else back to the server."""
     conformed = (conform_batch(batch, schema) for batch in _partition_batches(ctx, plan))
     if output is not None:
         def first_written() -> None:
@@ -165,6 +175,7 @@ def main() -> None:
     fd, slot_bytes = (int(arg) for arg in sys.argv[1:3])
     slots = _SlotWriter(ResultSlots(fd, slot_bytes), source)
     os.close(fd)
+    contexts = StageContexts()
     while (frame := read_frame(source)) is not None:
         kind, payload = frame
         if kind == ACK:
@@ -173,7 +184,7 @@ def main() -> None:
         if kind not in (REQUEST, STAGE_REQUEST):
             sys.exit(f"query worker: unexpected frame {kind!r}")
         try:
-            _run(kind, payload, out, slots)
+            _run(kind, payload, out, slots, contexts)
         except Exception as exc:
             # The error may leave this process's partitions running; a clean process is
             # cheaper to reason about than a busy one, so the worker ends after reporting.

@@ -50,7 +50,7 @@ from engine.distributed.shuffle import (
     sweep_work_dir,
     write_arrow_file,
 )
-from engine.distributed.stage_task import StageTask
+from engine.distributed.stage_task import StageTask, sweep_links
 from engine.distributed.stages import DistributedQuery, ResolvedQueries
 from engine.distributed.state import (
     Action,
@@ -112,6 +112,8 @@ TASK_SLOTS = 2
 MIN_SHUFFLE_PARTITIONS = 2
 # In an executor's work dir: the id of the executor whose shuffle files it holds.
 WORK_DIR_OWNER = ".executor-id"
+LINKS_DIR = "links"  # folders of links to data files, for stage tasks' scans
+LINKS_TTL_S = 24 * 3600.0  # longer than any task runs: a task's folder stays while it does
 # An executor whose coordinator stays unreachable this long stops itself.
 COORDINATOR_GONE_S = 30.0
 
@@ -753,6 +755,7 @@ class ExecutorAgent:
                 for job in sweep_work_dir(self._work_dir, SHUFFLE_TTL_S, time.time()):
                     log.warning("removed shuffle files of job %s, idle for %.0f s", job,
                                 SHUFFLE_TTL_S)
+                sweep_links(self._work_dir / LINKS_DIR, LINKS_TTL_S, time.time())
             try:
                 self._call(HEARTBEAT, {})
                 last_ok = time.monotonic()
@@ -842,7 +845,8 @@ class ExecutorAgent:
                                stage.output_partitions)
             streams = self._streams(stage.tasks)
             return self._engine.write_stage_output(
-                StageTask(stage.plan, stage.schema, stage.scans, inputs, scratch, streams),
+                StageTask(stage.plan, stage.schema, stage.scans, inputs,
+                          self._work_dir / LINKS_DIR, streams),
                 output, self._cancelled[attempt].is_set, self._mid_shuffle(attempt))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -20,6 +20,7 @@ import pytest
 from catalog import IcebergCatalog, TableIdent
 from engine.distributed.shuffle import RESULT_TICKET_PREFIX
 from flight_server.cluster import (
+    LINKS_DIR,
     MIN_SHUFFLE_PARTITIONS,
     REGISTER,
     WORK_DIR_OWNER,
@@ -349,14 +350,16 @@ def test_coordinator_with_executors_started_by_hand(
         assert re.search(r"read stage \d+ partition \d+ of map task \d+ of executor-\w+ in "
                          r"place: [1-9]\d* bytes", logs)
         assert "over Flight" not in logs
-        # finished jobs leave no shuffle files behind
+        # finished jobs leave no shuffle files behind (the folders of links to table
+        # files stay, for the next tasks that read those files)
         deadline = time.monotonic() + 10
+        kept = {WORK_DIR_OWNER, LINKS_DIR}
         while time.monotonic() < deadline and any(
-                any(f.name != WORK_DIR_OWNER for f in (tmp_path / f"w{i}").iterdir())
+                any(f.name not in kept for f in (tmp_path / f"w{i}").iterdir())
                 for i in range(2)):
             time.sleep(0.2)
-        assert [f.name for i in range(2) for f in (tmp_path / f"w{i}").iterdir()] == [
-            WORK_DIR_OWNER] * 2
+        assert sorted(f.name for i in range(2) for f in (tmp_path / f"w{i}").iterdir()) == [
+            WORK_DIR_OWNER, WORK_DIR_OWNER, LINKS_DIR, LINKS_DIR]
     finally:
         for process in [*executors, coordinator]:
             process.stop()

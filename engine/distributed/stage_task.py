@@ -7,12 +7,24 @@ listing tables it knows nothing and keeps the plan's order (TPC-H q18 built a ha
 of every joined row to semi-join 57 of them). A physical plan holding in-memory tables
 would not travel to another process without copying the data, hence planning in the
 worker.
+
+A worker keeps its contexts between tasks, and a task's files are linked into a folder
+named by the file list, the same for every task that reads those files: DataFusion keeps
+each Parquet file's footer in its context, by path, so a task over files an earlier one
+read plans and opens them without decoding the footers again (planning a scan of three
+lineitem files at SF 1: 8.6 ms in a new context, 1.4 ms again in the same).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,7 +48,7 @@ class StageTask:
     schema: pa.Schema
     scans: tuple[ScanSpec, ...]  # with this task's files only
     inputs: dict[StageId, tuple[pa.Schema, tuple[Path, ...]]]  # local IPC files per input
-    scratch: Path  # a directory of the task's own
+    links: Path  # where the folders of linked scan files are, shared by tasks
     target_partitions: int  # the streams DataFusion splits the task into
 
     def encode(self) -> bytes:
@@ -48,7 +60,7 @@ class StageTask:
             "inputs": [{"stage": stage, "schema": schema_text(schema),
                         "paths": [str(p) for p in paths]}
                        for stage, (schema, paths) in self.inputs.items()],
-            "scratch": str(self.scratch),
+            "links": str(self.links),
             "target_partitions": self.target_partitions,
         }).encode()
 
@@ -62,35 +74,85 @@ class StageTask:
             {StageId(int(i["stage"])): (schema_from_text(i["schema"]),
                                         tuple(Path(p) for p in i["paths"]))
              for i in body["inputs"]},
-            Path(body["scratch"]), int(body["target_partitions"]))
+            Path(body["links"]), int(body["target_partitions"]))
 
 
-def stage_frame(config: EngineConfig, task: StageTask) -> tuple[SessionContext, DataFrame]:
-    """The task's stage as a DataFrame over its scan files and exchange inputs, and the
-    context to run it in."""
-    config = replace(config, target_partitions=task.target_partitions)
-    ctx = base_context(config)
-    for scan in task.scans:
-        _register_parquet(ctx, scan.name, [Path(f) for f in scan.files], scan.schema,
-                          task.scratch)
-    for stage, (schema, paths) in task.inputs.items():
-        ctx.register_record_batches(input_name(stage),
-                                    _mapped_partitions(paths, schema, config.target_partitions))
-    plan = ds_substrait.Serde.deserialize_bytes(task.plan)
-    logical = ds_substrait.Consumer.from_substrait_plan(ctx, plan)
-    return ctx, ctx.create_dataframe_from_logical_plan(logical)
+class StageContexts:
+    """The contexts one worker plans its stage tasks in, one per engine configuration,
+    kept from task to task; a worker runs one task at a time."""
+
+    def __init__(self) -> None:
+        self._contexts: dict[EngineConfig, SessionContext] = {}
+
+    @contextmanager
+    def frame(self, config: EngineConfig, task: StageTask
+              ) -> Iterator[tuple[SessionContext, DataFrame]]:
+        """The task's stage as a DataFrame over its scan files and exchange inputs, and
+        the context to run it in; the task's tables are gone from the context after."""
+        config = replace(config, target_partitions=task.target_partitions)
+        ctx = self._contexts.get(config)
+        if ctx is None:
+            ctx = self._contexts[config] = base_context(config)
+        registered: list[str] = []
+        try:
+            for scan in task.scans:
+                folder = linked_files([Path(f) for f in scan.files], task.links)
+                # Substrait reads need a real table scan, not a view.
+                ctx.register_parquet(scan.name, str(folder), schema=scan.schema,
+                                     file_extension=".parquet")
+                registered.append(scan.name)
+            for stage, (schema, paths) in task.inputs.items():
+                ctx.register_record_batches(
+                    input_name(stage), _mapped_partitions(paths, schema, config.target_partitions))
+                registered.append(input_name(stage))
+            plan = ds_substrait.Serde.deserialize_bytes(task.plan)
+            logical = ds_substrait.Consumer.from_substrait_plan(ctx, plan)
+            yield ctx, ctx.create_dataframe_from_logical_plan(logical)
+        finally:
+            for name in registered:
+                ctx.deregister_table(name)
 
 
-def _register_parquet(ctx: SessionContext, name: str, files: list[Path], schema: pa.Schema,
-                      scratch: Path) -> None:
-    """`files` as one listing table: Substrait reads need a real table scan, not a view."""
-    folder = scratch / name
-    folder.mkdir(parents=True)
-    for number, file in enumerate(files):
+def linked_files(files: list[Path], links: Path) -> Path:
+    """A folder of links to `files`, in order, named by them: the same folder for every
+    task that reads the same files. Made under a temporary name and renamed, so a worker
+    never lists another's half-made folder."""
+    targets = []
+    for file in files:
         if not file.is_file():  # a dangling link would be skipped: rows lost, no error
             raise DataUnavailable(f"data file {file} is missing")
-        (folder / f"{number:06d}.parquet").symlink_to(file.resolve())
-    ctx.register_parquet(name, str(folder), schema=schema, file_extension=".parquet")
+        targets.append(file.resolve())
+    digest = hashlib.sha256("\n".join(map(str, targets)).encode()).hexdigest()[:32]
+    folder = links / digest
+    try:
+        os.utime(folder)  # in use: sweep_links keeps it
+        return folder
+    except FileNotFoundError:
+        pass
+    temporary = links / f".{digest}.{uuid.uuid4().hex}"
+    temporary.mkdir(parents=True)
+    for number, target in enumerate(targets):
+        (temporary / f"{number:06d}.parquet").symlink_to(target)
+    try:
+        temporary.rename(folder)
+    except OSError:  # another worker made it first
+        shutil.rmtree(temporary, ignore_errors=True)
+    return folder
+
+
+def sweep_links(links: Path, older_than_s: float, now: float) -> int:
+    """Delete link folders unused for `older_than_s` (their tables have other files now),
+    and half-made ones a killed worker left; how many went."""
+    removed = 0
+    for entry in links.iterdir() if links.is_dir() else ():
+        try:
+            stale = now - entry.stat().st_mtime >= older_than_s
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _mapped_partitions(paths: tuple[Path, ...], schema: pa.Schema, partitions: int
