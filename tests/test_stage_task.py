@@ -119,3 +119,22 @@ def test_sweep_removes_link_folders_unused_for_a_while(tmp_path: Path) -> None:
     os.utime(fresh, (long_ago, long_ago))
     assert linked_files([data, data], links) == fresh
     assert sweep_links(links, 3600.0, time.time()) == 0
+
+
+def test_a_table_kept_for_files_is_not_used_for_another_schema_of_them(
+        tmp_path: Path) -> None:
+    data = _parquet(tmp_path / "1.parquet", [1, 2])
+    narrow = pa.schema([pa.field("a", pa.int64())])
+    wide = pa.schema([pa.field("a", pa.int64()), pa.field("b", pa.string())])  # added later
+    contexts = StageContexts()
+    with contexts.frame(EngineConfig(), _scan_task(tmp_path, [data], narrow)) as (_, frame):
+        assert frame.to_arrow_table().column("total").to_pylist() == [3]
+    scratch_ctx = SessionContext()
+    scratch_ctx.register_parquet("__scan_0", str(data), schema=wide)
+    logical = scratch_ctx.sql("SELECT count(b) AS named FROM __scan_0").optimized_logical_plan()
+    task = StageTask(ds_substrait.Producer.to_substrait_plan(logical, scratch_ctx).encode(),
+                     pa.schema([pa.field("named", pa.int64())]),
+                     (ScanSpec("__scan_0", "t", (str(data),), wide, split=False),), {},
+                     tmp_path / "links", target_partitions=2)
+    with contexts.frame(EngineConfig(), task) as (_, frame):
+        assert frame.to_arrow_table().column("named").to_pylist() == [0]

@@ -21,6 +21,7 @@ from engine.parameters import bound_values, number_placeholders
 from engine.references import referenced_tables
 from engine.session import datafusion_text
 from engine.text_cache import KEPT_LENGTH, by_short_text
+from flight_server.cluster import SMALL_INPUT_BYTES, task_streams
 from flight_server.config import ConfigError, auth_config, parse_size, parse_users, split_tokens
 from flight_server.errors import InvalidArgument
 from flight_server.generated import Flight_pb2 as fpb
@@ -238,3 +239,14 @@ def test_garbled_uploads_are_refused_or_read_as_protobuf_reads_them(data: bytes)
 def test_malformed_uploads_are_refused(data: bytes) -> None:
     with pytest.raises(InvalidArgument, match=r"^malformed FlightData in DoPut$"):
         _upload(data)
+
+
+def test_task_streams() -> None:
+    small, big = SMALL_INPUT_BYTES, SMALL_INPUT_BYTES + 1
+    # Tasks of a stage of several share the cores by the executor's slots.
+    assert task_streams(4, True, big, cores=8, slots=2) == 4
+    assert task_streams(2, False, small, cores=2, slots=4) == 1
+    # A stage's only task gets every core, unless all it reads is a few exchanged rows.
+    assert task_streams(1, False, big, cores=8, slots=2) == 8
+    assert task_streams(1, True, 0, cores=8, slots=2) == 8
+    assert task_streams(1, False, small, cores=8, slots=2) == 1

@@ -273,8 +273,10 @@ def write_map_output(
             path.parent.mkdir(parents=True, exist_ok=True)
             writers.append(pa.ipc.new_file(str(path), schema, options=_WRITE_OPTIONS))
         for batch in batches:
-            ids = partition_ids(batch, keys, partitions, ctx)
-            for partition, piece in enumerate(split_by_partition(batch, ids, partitions)):
+            pieces = ([batch] if partitions == 1  # a gather: no copy to sort rows by id
+                      else split_by_partition(batch, partition_ids(batch, keys, partitions, ctx),
+                                              partitions))
+            for partition, piece in enumerate(pieces):
                 if piece.num_rows:
                     writers[partition].write_batch(piece)
                     counts[partition] += piece.num_rows

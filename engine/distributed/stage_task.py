@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -31,6 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 from datafusion import DataFrame, SessionContext
 from datafusion import substrait as ds_substrait
+from datafusion.catalog import Table
 
 from engine.bridge import base_context
 from engine.config import EngineConfig
@@ -77,12 +79,42 @@ class StageTask:
             Path(body["links"]), int(body["target_partitions"]))
 
 
+_TABLES_KEPT = 256  # file tables each context keeps, least recently used out first
+
+
+class _TaskContext:
+    """A context and the Parquet tables it made, by link folder and schema: a table kept
+    keeps its files' statistics too, so a task over the same files neither lists nor
+    reads them to plan."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.ctx = base_context(config)
+        self._tables: OrderedDict[tuple[Path, bytes], Table] = OrderedDict()
+
+    def files_table(self, folder: Path, schema: pa.Schema) -> Table:
+        key = (folder, schema.serialize().to_pybytes())
+        table = self._tables.get(key)
+        if table is not None:
+            self._tables.move_to_end(key)
+            return table
+        hidden = f"__files_{len(self._tables)}"
+        self.ctx.register_parquet(hidden, str(folder), schema=schema, file_extension=".parquet")
+        try:
+            table = self.ctx.catalog().schema().table(hidden)
+        finally:
+            self.ctx.deregister_table(hidden)
+        self._tables[key] = table
+        if len(self._tables) > _TABLES_KEPT:
+            self._tables.popitem(last=False)
+        return table
+
+
 class StageContexts:
     """The contexts one worker plans its stage tasks in, one per engine configuration,
     kept from task to task; a worker runs one task at a time."""
 
     def __init__(self) -> None:
-        self._contexts: dict[EngineConfig, SessionContext] = {}
+        self._contexts: dict[EngineConfig, _TaskContext] = {}
 
     @contextmanager
     def frame(self, config: EngineConfig, task: StageTask
@@ -90,16 +122,16 @@ class StageContexts:
         """The task's stage as a DataFrame over its scan files and exchange inputs, and
         the context to run it in; the task's tables are gone from the context after."""
         config = replace(config, target_partitions=task.target_partitions)
-        ctx = self._contexts.get(config)
-        if ctx is None:
-            ctx = self._contexts[config] = base_context(config)
+        kept = self._contexts.get(config)
+        if kept is None:
+            kept = self._contexts[config] = _TaskContext(config)
+        ctx = kept.ctx
         registered: list[str] = []
         try:
             for scan in task.scans:
                 folder = linked_files([Path(f) for f in scan.files], task.links)
                 # Substrait reads need a real table scan, not a view.
-                ctx.register_parquet(scan.name, str(folder), schema=scan.schema,
-                                     file_extension=".parquet")
+                ctx.register_table(scan.name, kept.files_table(folder, scan.schema))
                 registered.append(scan.name)
             for stage, (schema, paths) in task.inputs.items():
                 ctx.register_record_batches(
