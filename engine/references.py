@@ -53,3 +53,16 @@ def _identifier(node: exp.Expression | None) -> str:
     if not isinstance(node, exp.Identifier):
         return ""
     return node.this if node.quoted else node.this.lower()
+
+
+@by_short_text(maxsize=512)
+def defined_names(sql: str) -> frozenset[str]:
+    """The names `sql` defines for itself (WITH), which read like tables but are not."""
+    try:
+        statements = sqlglot.parse(_EXPLAIN.sub("", sql), read="postgres")
+    except SqlglotError:
+        return frozenset()
+    return frozenset(_identifier(cte.args["alias"].this) for statement in statements
+                     if statement is not None for cte in statement.find_all(exp.CTE)
+                     if isinstance(cte.args.get("alias"), exp.TableAlias))
+

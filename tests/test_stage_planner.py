@@ -281,3 +281,10 @@ def test_resolved_queries_are_kept_until_their_tables_change(engine: SqlEngine) 
     # The clock is read when planning: such queries are never kept.
     clocked = "SELECT k FROM public.scratch_rows WHERE now() > TIMESTAMP '2000-01-01'"
     assert resolve(clocked) is not resolve(clocked)
+    # A name the query defines for itself (WITH) is no table: the query is kept all the
+    # same, and changes with the table under it.
+    with_text = "WITH totals AS (SELECT k FROM public.scratch_rows) SELECT count(*) FROM totals"
+    kept = resolve(with_text)
+    assert resolve(with_text) is kept
+    session.execute("INSERT INTO public.scratch_rows VALUES (4)")
+    assert resolve(with_text) is not kept

@@ -18,7 +18,7 @@ from catalog import TableIdent
 from engine.arrow_types import conform_batch, plain_schema, sized_batches, split_batch
 from engine.bridge import remove_orphan_links
 from engine.parameters import bound_values, number_placeholders
-from engine.references import referenced_tables
+from engine.references import defined_names, referenced_tables
 from engine.session import datafusion_text
 from engine.text_cache import KEPT_LENGTH, by_short_text
 from flight_server.cluster import SMALL_INPUT_BYTES, task_streams
@@ -250,3 +250,10 @@ def test_task_streams() -> None:
     assert task_streams(1, False, big, cores=8, slots=2) == 8
     assert task_streams(1, True, 0, cores=8, slots=2) == 8
     assert task_streams(1, False, small, cores=8, slots=2) == 1
+
+
+def test_defined_names() -> None:
+    text = 'WITH Revenue (a) AS (SELECT 1), "Q" AS (SELECT 2) SELECT * FROM revenue, "Q"'
+    assert defined_names(text) == {"revenue", "Q"}
+    assert defined_names("SELECT * FROM t") == frozenset()
+    assert defined_names("SELEC (((") == frozenset()

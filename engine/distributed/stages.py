@@ -24,7 +24,7 @@ from engine.distributed.ids import StageId
 from engine.distributed.planner import PlanSchemas, StagePlan, TableFiles, plan_stages
 from engine.errors import EngineError
 from engine.parameters import bound_values
-from engine.references import referenced_tables
+from engine.references import defined_names, referenced_tables
 from engine.session import READ_ONLY, SqlEngine
 from engine.translate import translated_errors
 
@@ -91,10 +91,12 @@ class ResolvedQueries:
                 ) -> DistributedQuery:
         referenced = referenced_tables(text, default_schema)
         found = _snapshot_files(engine, referenced)
+        unfound = {ident.name for ident in referenced if ident not in found}
         if (parameters is not None or _FIXED_AT_PLANNING.search(text) or not found
-                or len(found) != len(referenced)):
+                or not unfound <= defined_names(text)):
             # (A name that is not a catalog table, as information_schema's, has no
-            # snapshot to tell a changed answer by; nor has text the parser missed.)
+            # snapshot to tell a changed answer by; nor has text the parser missed. A
+            # name the query defines itself (WITH) is no table: its tables are found.)
             return _resolve(engine, text, default_schema, parameters, partitions,
                             broadcast_limit, found)
         key = (text, default_schema, partitions, broadcast_limit, tuple(found.items()))
