@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import signal
@@ -40,7 +41,7 @@ from engine.distributed.messages import (
     decode_stage_task,
     encode_stage_task,
 )
-from engine.distributed.planner import StageDef, StagePlan
+from engine.distributed.planner import ExchangeKind, StageDef, StagePlan
 from engine.distributed.shuffle import (
     MapOutput,
     ShuffleKey,
@@ -50,7 +51,12 @@ from engine.distributed.shuffle import (
     sweep_work_dir,
     write_arrow_file,
 )
-from engine.distributed.stage_task import StageTask, sweep_links
+from engine.distributed.stage_task import (
+    StageContexts,
+    StageTask,
+    shuffle_readers_batches,
+    sweep_links,
+)
 from engine.distributed.stages import DistributedQuery, ResolvedQueries
 from engine.distributed.state import (
     Action,
@@ -82,6 +88,7 @@ from engine.errors import (
     QueryTimeout,
     ResourceExhausted,
 )
+from engine.translate import translated_errors
 from flight_server.errors import Cancelled, InvalidArgument, Unavailable
 
 log = logging.getLogger("krishiv.cluster")
@@ -251,6 +258,8 @@ class _Job:
     plan: StagePlan | None = None  # the latest, for EXPLAIN ANALYZE
     reason: str = ""  # why it runs as one task, if it does
     metrics: dict[tuple[StageId, int], _TaskMetrics] = field(default_factory=dict)
+    # The result stage, when the coordinator runs it over the job's gathered output.
+    final_here: StageDef | None = None
 
 
 def _explain_row(schema: pa.Schema, plan_type: str, stage_plan: StagePlan | None,
@@ -297,6 +306,8 @@ class CoordinatorService:
         self._cores: dict[ExecutorId, int] = {}
         self._jobs: dict[JobId, _Job] = {}
         self._shuffle_bytes_fetched = 0  # over all jobs, as executors report it
+        self._final_stages_here = 0
+        self._stage_contexts: queue.SimpleQueue[StageContexts] = queue.SimpleQueue()
         self._launcher = ThreadPoolExecutor(max_workers=16, thread_name_prefix="launch")
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, args=(tick_s,), daemon=True)
@@ -327,7 +338,8 @@ class CoordinatorService:
             counters = asdict(self._machine.metrics)
             return {**counters, "running_jobs": len(self._jobs),
                     "executors": len(self._machine.executors()),
-                    "shuffle_bytes_fetched": self._shuffle_bytes_fetched}
+                    "shuffle_bytes_fetched": self._shuffle_bytes_fetched,
+                    "final_stages_here": self._final_stages_here}
 
     def _report(self, executor: ExecutorId, message: dict[str, Any]) -> None:
         attempt = _task_from(message)
@@ -451,21 +463,56 @@ class CoordinatorService:
     def _results(self, query: PlannedQuery, text: str, is_cancelled: Callable[[], bool],
                  schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         planned, _ = self._resolve(query, text)
-        with self._run_job(query, text, planned, is_cancelled) as (_, spooled):
+        with self._run_job(query, text, planned, is_cancelled, final_here=True
+                           ) as (record, spooled):
+            if record.final_here is not None:
+                yield from self._run_here(record, shuffle_readers_batches(spooled), schema,
+                                          is_cancelled)
+                return
             for reader in spooled:
                 for index in range(reader.num_record_batches):
                     yield conform_batch(reader.get_batch(index), schema)
 
+    def _run_here(self, record: _Job, batches: list[pa.RecordBatch], schema: pa.Schema,
+                  is_cancelled: Callable[[], bool]) -> Iterator[pa.RecordBatch]:
+        """The result stage, run in this process over the job's gathered output: a task
+        on an executor would cost a launch, a report and a file to read back, for a stage
+        that sorts, limits or sums what the tasks before it left."""
+        final = record.final_here
+        assert final is not None and self._engine is not None
+        (source,) = final.inputs
+        streams = task_streams(1, False, sum(b.nbytes for b in batches), os.cpu_count() or 1, 1)
+        try:
+            contexts = self._stage_contexts.get_nowait()
+        except queue.Empty:
+            contexts = StageContexts()
+        try:
+            with translated_errors(), contexts.frame_over(
+                    self._engine.config, final.plan, streams,
+                    {source: (record.stages[source].schema, batches)}) as (_, frame):
+                rows = 0
+                for batch in frame.execute_stream():
+                    if is_cancelled():
+                        raise Cancelled("query cancelled by the client")
+                    result = batch.to_pyarrow()
+                    rows += result.num_rows
+                    yield conform_batch(result, schema)
+            with self._lock:
+                self._final_stages_here += 1
+            log.info("ran the result stage %s here: %d rows", final.stage, rows)
+        finally:
+            self._stage_contexts.put(contexts)
+
     @contextlib.contextmanager
     def _run_job(self, query: PlannedQuery, text: str, planned: DistributedQuery | None,
-                 is_cancelled: Callable[[], bool]
+                 is_cancelled: Callable[[], bool], final_here: bool = False
                  ) -> Iterator[tuple[_Job, list[pa.ipc.RecordBatchFileReader]]]:
         """Run the query as a job and open its result files (fetched into local files, or
         in place), before the client sees a row: an executor lost while its result
         partition is read costs a rerun of the job, never a broken or doubled stream."""
         with tempfile.TemporaryDirectory(prefix="krishiv-result-") as spool:
             for _ in range(_RESULT_ATTEMPTS):
-                job, finished = self._execute(query, text, planned, is_cancelled)
+                job, finished = self._execute(query, text, planned, is_cancelled, final_here)
                 record = self._jobs[job]
                 try:
                     readers = self._spool(job, finished, Path(spool))
@@ -553,23 +600,31 @@ class CoordinatorService:
         return stage_plan is not None and stage_plan.probe is not None
 
     def _execute(self, query: PlannedQuery, text: str, planned: DistributedQuery | None,
-                 is_cancelled: Callable[[], bool]) -> tuple[JobId, JobFinished]:
+                 is_cancelled: Callable[[], bool], final_here: bool = False
+                 ) -> tuple[JobId, JobFinished]:
         """Run the query as a job to its end; a plan with probe stages is submitted in
-        steps, each planned once the stages before it are done and their sizes known."""
+        steps, each planned once the stages before it are done and their sizes known.
+        With `final_here`, a result stage that only gathers the stage before it is left
+        out of the job (in its `final_here`), for the caller to run."""
         observed: dict[StageId, int] = {}
         stage_plan, reason = self._next_plan(planned, observed, query, text)
+        stage_plan, final = final_apart(stage_plan, final_here, 0)
         job = self._submit(query, text, stage_plan, reason)
+        self._jobs[job].final_here = final
         try:
             while stage_plan is not None and stage_plan.probe is not None:
                 self._wait(job, is_cancelled, stages_done=True)
                 observed[stage_plan.probe] = self._written(job, stage_plan.probe)
                 following, reason = self._next_plan(planned, observed, query, text)
+                following, final = final_apart(following, final_here,
+                                                len(stage_plan.stages))
                 if following is None:  # the rest cannot be cut: run the query whole
                     self._handle(JobCancelled(job))
                     self._forget(job)
                     job = self._submit(query, text, None, reason)
                 else:
                     self._extend(job, stage_plan, following)
+                    self._jobs[job].final_here = final
                 stage_plan = following
             finished = self._wait(job, is_cancelled)
         except BaseException:
@@ -689,6 +744,21 @@ class CoordinatorService:
     def close(self) -> None:
         self._stop.set()
         self._launcher.shutdown(wait=False, cancel_futures=True)
+
+
+def final_apart(stage_plan: StagePlan | None, wanted: bool, submitted: int
+                 ) -> tuple[StagePlan | None, StageDef | None]:
+    """The plan without its result stage, and that stage, when the result stage is one
+    task over only the gathered output of the stage before it (and that stage is not
+    among the `submitted` first ones); else the plan as it is."""
+    if not wanted or stage_plan is None or stage_plan.probe is not None:
+        return stage_plan, None
+    *before, final = stage_plan.stages
+    if (len(before) <= submitted or final.tasks != 1 or final.scans
+            or final.inputs != (before[-1].stage,)
+            or before[-1].output.kind is not ExchangeKind.GATHER):
+        return stage_plan, None
+    return StagePlan(tuple(before)), final
 
 
 def _output_key(attempt: TaskAttempt) -> ShuffleKey:

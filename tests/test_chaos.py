@@ -27,7 +27,7 @@ import pytest
 from catalog import IcebergCatalog
 from engine import EngineConfig, SqlEngine
 from engine.distributed.stages import plan_distributed
-from flight_server.cluster import METRICS, REPORT
+from flight_server.cluster import METRICS, REPORT, final_apart
 from tests.conftest import adbc_connect
 from tests.reference import as_multiset, duckdb_over_catalog, tpch_queries
 from tests.servers import RunningServer, start_krishiv
@@ -200,12 +200,14 @@ def test_answers_survive_a_kill_while_the_result_is_fetched(
 
 
 def _result_stages(warehouse: Path, duck: duckdb.DuckDBPyConnection) -> dict[int, int]:
-    """The number of each soak query's result stage, as this cluster's settings plan it."""
+    """The number of each soak query's last stage on executors (the coordinator reads its
+    output), as this cluster's settings plan it."""
     engine = SqlEngine(IcebergCatalog.embedded(str(warehouse)),
                        EngineConfig(default_schema="tpch"))
     try:
-        return {n: plan_distributed(engine, tpch_queries(duck)[n], "tpch", None, 3)
-                .stages[-1].stage for n in SOAK}
+        plans = {n: final_apart(plan_distributed(engine, tpch_queries(duck)[n], "tpch", None,
+                                                 3), True, 0)[0] for n in SOAK}
+        return {n: plan.stages[-1].stage for n, plan in plans.items() if plan is not None}
     finally:
         engine.close()
 
@@ -262,8 +264,9 @@ def test_soak_random_faults(seed: int, demo_warehouse: Path, tmp_path: Path,
 def test_a_task_failing_every_time_fails_its_query_after_the_retries(
         demo_warehouse: Path, tmp_path: Path, duck: duckdb.DuckDBPyConnection,
         expected: dict[int, list[tuple[object, ...]]]) -> None:
-    last = _result_stages(demo_warehouse, duck)[3]  # past the warm-up query's five
-    cluster = ChaosCluster(demo_warehouse, tmp_path, [f"fail@task_start:stage={last}"],
+    last = _result_stages(demo_warehouse, duck)[3]  # its task 0 fails, every attempt
+    cluster = ChaosCluster(demo_warehouse, tmp_path,
+                           [f"fail@task_start:stage={last},partition=0"],
                            ("--task-retries", "2"))
     try:
         with pytest.raises(adbc_driver_manager.Error, match=r"failed 2 times: InjectedFault"):

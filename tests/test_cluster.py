@@ -518,3 +518,24 @@ def test_default_shuffle_partitions_count_each_machines_cores_once() -> None:
     configured = CoordinatorService(None, partitions=5)
     assert configured.shuffle_partitions() == 5
     configured.close()
+
+
+def test_the_result_stage_runs_on_the_coordinator(cluster: RunningServer,
+                                                  duck: duckdb.DuckDBPyConnection) -> None:
+    text = ("SELECT o_orderpriority, count(*) AS n FROM orders JOIN lineitem "
+            "ON o_orderkey = l_orderkey GROUP BY o_orderpriority ORDER BY o_orderpriority")
+    with adbc_connect(cluster) as conn, conn.cursor() as cur:
+        cur.execute(f"EXPLAIN {text}")
+        last = dict(cur.fetchall())["distributed_plan"].splitlines()[-1]
+        assert re.match(r"Stage (\d+): 1 task\(s\) \[.*\] reads stage \d+ -> result", last), last
+        stage = re.match(r"Stage (\d+)", last).group(1)  # type: ignore[union-attr]
+        here = f"ran the result stage {stage} here: 5 rows"
+        before = cluster.log().count(here)
+        cur.execute(text)
+        assert cur.fetchall() == duck.execute(text).fetchall()
+        assert cluster.log().count(here) == before + 1
+        # EXPLAIN ANALYZE runs it on an executor, which reports its metrics.
+        cur.execute(f"EXPLAIN ANALYZE {text}")
+        analyzed = dict(cur.fetchall())["distributed_plan_with_metrics"].splitlines()[-1]
+        assert re.search(r"ran on executor-\w+: 5 rows", analyzed), analyzed
+    assert cluster.log().count(here) == before + 1

@@ -24,7 +24,7 @@ import os
 import shutil
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -121,24 +121,38 @@ class StageContexts:
               ) -> Iterator[tuple[SessionContext, DataFrame]]:
         """The task's stage as a DataFrame over its scan files and exchange inputs, and
         the context to run it in; the task's tables are gone from the context after."""
-        config = replace(config, target_partitions=task.target_partitions)
+        inputs = {stage: (schema, shuffle_batches(paths))
+                  for stage, (schema, paths) in task.inputs.items()}
+        with self.frame_over(config, task.plan, task.target_partitions, inputs, task.scans,
+                             task.links) as made:
+            yield made
+
+    @contextmanager
+    def frame_over(self, config: EngineConfig, plan: bytes, target_partitions: int,
+                   inputs: dict[StageId, tuple[pa.Schema, list[pa.RecordBatch]]],
+                   scans: tuple[ScanSpec, ...] = (), links: Path | None = None
+                   ) -> Iterator[tuple[SessionContext, DataFrame]]:
+        """The stage `plan` over exchange inputs given as batches (and `scans`, their
+        files linked under `links`), as `frame` makes it."""
+        config = replace(config, target_partitions=target_partitions)
         kept = self._contexts.get(config)
         if kept is None:
             kept = self._contexts[config] = _TaskContext(config)
         ctx = kept.ctx
         registered: list[str] = []
         try:
-            for scan in task.scans:
-                folder = linked_files([Path(f) for f in scan.files], task.links)
+            for scan in scans:
+                assert links is not None, "scans need a folder for their links"
+                folder = linked_files([Path(f) for f in scan.files], links)
                 # Substrait reads need a real table scan, not a view.
                 ctx.register_table(scan.name, kept.files_table(folder, scan.schema))
                 registered.append(scan.name)
-            for stage, (schema, paths) in task.inputs.items():
-                ctx.register_record_batches(
-                    input_name(stage), _mapped_partitions(paths, schema, config.target_partitions))
+            for stage, (schema, batches) in inputs.items():
+                ctx.register_record_batches(input_name(stage),
+                                            _dealt(batches, schema, target_partitions))
                 registered.append(input_name(stage))
-            plan = ds_substrait.Serde.deserialize_bytes(task.plan)
-            logical = ds_substrait.Consumer.from_substrait_plan(ctx, plan)
+            substrait = ds_substrait.Serde.deserialize_bytes(plan)
+            logical = ds_substrait.Consumer.from_substrait_plan(ctx, substrait)
             yield ctx, ctx.create_dataframe_from_logical_plan(logical)
         finally:
             for name in registered:
@@ -187,13 +201,19 @@ def sweep_links(links: Path, older_than_s: float, now: float) -> int:
     return removed
 
 
-def _mapped_partitions(paths: tuple[Path, ...], schema: pa.Schema, partitions: int
-                       ) -> list[list[pa.RecordBatch]]:
-    """The files' batches, memory-mapped, dealt round-robin into `partitions` lists."""
-    batches = []
-    for path in paths:
-        reader = open_shuffle_file(path)
-        batches += [reader.get_batch(i) for i in range(reader.num_record_batches)]
+def shuffle_batches(paths: Iterable[Path]) -> list[pa.RecordBatch]:
+    """The batches of shuffle files, memory-mapped (no copy)."""
+    return shuffle_readers_batches(open_shuffle_file(path) for path in paths)
+
+
+def shuffle_readers_batches(readers: Iterable[pa.ipc.RecordBatchFileReader]
+                            ) -> list[pa.RecordBatch]:
+    return [reader.get_batch(i) for reader in readers for i in range(reader.num_record_batches)]
+
+
+def _dealt(batches: list[pa.RecordBatch], schema: pa.Schema, partitions: int
+           ) -> list[list[pa.RecordBatch]]:
+    """`batches` dealt round-robin into at most `partitions` lists."""
     if not batches:  # an in-memory table takes its schema from a batch
         batches = [pa.RecordBatch.from_pylist([], schema=schema)]
     count = max(1, min(partitions, len(batches)))
