@@ -323,11 +323,22 @@ class SqlEngine:
     def _in_process(self, query: PlannedQuery, is_cancelled: Callable[[], bool]
                     ) -> Iterator[pa.RecordBatch]:
         assert query.frame is not None
-        batches = self._runner.batches(query.frame, self.config.query_timeout_s, is_cancelled)
+        return self._frame_batches(query.frame, query.schema, is_cancelled)
+
+    def run_frame(self, frame: DataFrame, schema: pa.Schema, is_cancelled: Callable[[], bool]
+                  ) -> Iterator[pa.RecordBatch]:
+        """`frame`'s rows as `schema`, run in this process under the engine's admission,
+        time limit and cancel checks (a coordinator's result stage)."""
+        with self.admission.slot(is_cancelled, self.config.query_timeout_s):
+            yield from self._frame_batches(frame, schema, is_cancelled)
+
+    def _frame_batches(self, frame: DataFrame, schema: pa.Schema,
+                       is_cancelled: Callable[[], bool]) -> Iterator[pa.RecordBatch]:
+        batches = self._runner.batches(frame, self.config.query_timeout_s, is_cancelled)
         with translated_errors():
             for batch in batches:
                 for piece in split_batch(batch, self.config.max_batch_bytes):
-                    yield conform_batch(piece, query.schema)
+                    yield conform_batch(piece, schema)
 
     def close(self) -> None:
         self._workers.close()

@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -120,6 +121,7 @@ SMALL_INPUT_BYTES = 4 * 1024 * 1024  # a single task reading less runs in one st
 MIN_SHUFFLE_PARTITIONS = 2
 # In an executor's work dir: the id of the executor whose shuffle files it holds.
 WORK_DIR_OWNER = ".executor-id"
+DROPPED_JOBS_KEPT = 1024  # job ids an executor remembers having dropped
 LINKS_DIR = "links"  # folders of links to data files, for stage tasks' scans
 LINKS_TTL_S = 24 * 3600.0  # longer than any task runs: a task's folder stays while it does
 # An executor whose coordinator stays unreachable this long stops itself.
@@ -487,16 +489,15 @@ class CoordinatorService:
         except queue.Empty:
             contexts = StageContexts()
         try:
-            with translated_errors(), contexts.frame_over(
-                    self._engine.config, final.plan, streams,
-                    {source: (record.stages[source].schema, batches)}) as (_, frame):
+            with contextlib.ExitStack() as stack:
+                with translated_errors():  # planning it; running it translates its own
+                    _, frame = stack.enter_context(contexts.frame_over(
+                        self._engine.config, final.plan, streams,
+                        {source: (record.stages[source].schema, batches)}))
                 rows = 0
-                for batch in frame.execute_stream():
-                    if is_cancelled():
-                        raise Cancelled("query cancelled by the client")
-                    result = batch.to_pyarrow()
-                    rows += result.num_rows
-                    yield conform_batch(result, schema)
+                for batch in self._engine.run_frame(frame, schema, is_cancelled):
+                    rows += batch.num_rows
+                    yield batch
             with self._lock:
                 self._final_stages_here += 1
             log.info("ran the result stage %s here: %d rows", final.stage, rows)
@@ -812,6 +813,10 @@ class ExecutorAgent:
         self._cores = os.cpu_count() or 1
         self._runner = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="task")
         self._cancelled: dict[TaskAttempt, threading.Event] = {}
+        # Jobs dropped lately: a task of one still running writes its output after the
+        # drop, and that output goes too.
+        self._dropped: OrderedDict[str, None] = OrderedDict()
+        self._dropped_lock = threading.Lock()
         # Bytes of other executors' files a running task read: fetched, or in place.
         self._fetched: dict[TaskAttempt, int] = {}
         self._stop = threading.Event()
@@ -892,6 +897,10 @@ class ExecutorAgent:
         finally:
             self._cancelled.pop(attempt, None)
             self._fetched.pop(attempt, None)
+            with self._dropped_lock:
+                dropped = task.job in self._dropped
+            if dropped:
+                shutil.rmtree(self._work_dir / task.job, ignore_errors=True)
         try:
             self._call(REPORT, report)
         except flight.FlightError as exc:
@@ -989,6 +998,10 @@ class ExecutorAgent:
             raise InvalidArgument("job id must be a UUID") from None
         if canonical != job:
             raise InvalidArgument("job id must be a canonical UUID")
+        with self._dropped_lock:
+            self._dropped[job] = None
+            while len(self._dropped) > DROPPED_JOBS_KEPT:
+                self._dropped.popitem(last=False)
         shutil.rmtree(self._work_dir / job, ignore_errors=True)
 
     def close(self) -> None:

@@ -181,23 +181,29 @@ def linked_files(files: list[Path], links: Path) -> Path:
         (temporary / f"{number:06d}.parquet").symlink_to(target)
     try:
         temporary.rename(folder)
-    except OSError:  # another worker made it first
+    except OSError:
         shutil.rmtree(temporary, ignore_errors=True)
+        if not folder.is_dir():  # else another worker made it first
+            raise
     return folder
 
 
 def sweep_links(links: Path, older_than_s: float, now: float) -> int:
     """Delete link folders unused for `older_than_s` (their tables have other files now),
-    and half-made ones a killed worker left; how many went."""
+    and half-made ones a killed worker left; how many went. Each is renamed away first:
+    a task that took it up meanwhile finds it gone, never half deleted (a listing of
+    some of its links would read some of the files, without an error)."""
     removed = 0
     for entry in links.iterdir() if links.is_dir() else ():
         try:
-            stale = now - entry.stat().st_mtime >= older_than_s
+            if now - entry.stat().st_mtime < older_than_s:
+                continue
+            doomed = links / f".swept.{uuid.uuid4().hex}"
+            entry.rename(doomed)
         except OSError:
             continue
-        if stale:
-            shutil.rmtree(entry, ignore_errors=True)
-            removed += 1
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed += 1
     return removed
 
 

@@ -91,9 +91,10 @@ class ResolvedQueries:
                 ) -> DistributedQuery:
         referenced = referenced_tables(text, default_schema)
         found = _snapshot_files(engine, referenced)
-        unfound = {ident.name for ident in referenced if ident not in found}
+        unfound = referenced - found.keys()
+        defined = {TableIdent(default_schema, name) for name in defined_names(text)}
         if (parameters is not None or _FIXED_AT_PLANNING.search(text) or not found
-                or not unfound <= defined_names(text)):
+                or not unfound <= defined):
             # (A name that is not a catalog table, as information_schema's, has no
             # snapshot to tell a changed answer by; nor has text the parser missed. A
             # name the query defines itself (WITH) is no table: its tables are found.)
