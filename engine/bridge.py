@@ -77,6 +77,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def write_links(folder: Path, targets: list[Path]) -> None:
+    """Links to `targets` in `folder`, named in their order, for DataFusion to read the
+    folder as one listing table (of `.parquet` files)."""
+    for number, target in enumerate(targets):
+        (folder / f"{number:06d}.parquet").symlink_to(target)
+
+
 class _FileLinks:
     """A folder of links per table version to exactly its data files, which DataFusion
     reads as one listing table: faster plans than a union of one scan per file (measured
@@ -94,8 +101,7 @@ class _FileLinks:
     def folder(self, scan: TableScan) -> Path:
         folder = self.root / uuid.uuid4().hex
         folder.mkdir()
-        for number, path in enumerate(scan.data_files):
-            (folder / f"{number:06d}.parquet").symlink_to(os.path.abspath(path))
+        write_links(folder, [Path(os.path.abspath(path)) for path in scan.data_files])
         return folder
 
     def retire(self, folder: Path) -> None:

@@ -32,14 +32,11 @@ def referenced_tables(sql: str, default_schema: str) -> frozenset[TableIdent]:
 def all_referenced_tables(sql: str, default_schema: str) -> frozenset[TableIdent] | None:
     """Every table `sql` names, or None when sqlglot cannot parse it (then some may be
     missing)."""
-    try:
-        statements = sqlglot.parse(_EXPLAIN.sub("", sql), read="postgres")
-    except SqlglotError:
+    statements = _statements(sql)
+    if statements is None:
         return None
     found: set[TableIdent] = set()
     for statement in statements:
-        if statement is None:
-            continue
         for table in statement.find_all(exp.Table):
             name = _identifier(table.this)
             if not name:
@@ -58,11 +55,15 @@ def _identifier(node: exp.Expression | None) -> str:
 @by_short_text(maxsize=512)
 def defined_names(sql: str) -> frozenset[str]:
     """The names `sql` defines for itself (WITH), which read like tables but are not."""
-    try:
-        statements = sqlglot.parse(_EXPLAIN.sub("", sql), read="postgres")
-    except SqlglotError:
-        return frozenset()
-    return frozenset(_identifier(cte.args["alias"].this) for statement in statements
-                     if statement is not None for cte in statement.find_all(exp.CTE)
+    return frozenset(_identifier(cte.args["alias"].this) for statement in _statements(sql) or ()
+                     for cte in statement.find_all(exp.CTE)
                      if isinstance(cte.args.get("alias"), exp.TableAlias))
 
+
+def _statements(sql: str) -> list[exp.Expr] | None:
+    """The parsed statements of `sql`, or None when sqlglot cannot parse it."""
+    try:
+        parsed = sqlglot.parse(_EXPLAIN.sub("", sql), read="postgres")
+    except SqlglotError:
+        return None
+    return [statement for statement in parsed if statement is not None]

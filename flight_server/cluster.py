@@ -471,9 +471,8 @@ class CoordinatorService:
                 yield from self._run_here(record, shuffle_readers_batches(spooled), schema,
                                           is_cancelled)
                 return
-            for reader in spooled:
-                for index in range(reader.num_record_batches):
-                    yield conform_batch(reader.get_batch(index), schema)
+            for batch in shuffle_readers_batches(spooled):
+                yield conform_batch(batch, schema)
 
     def _run_here(self, record: _Job, batches: list[pa.RecordBatch], schema: pa.Schema,
                   is_cancelled: Callable[[], bool]) -> Iterator[pa.RecordBatch]:

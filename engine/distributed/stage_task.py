@@ -34,7 +34,7 @@ from datafusion import DataFrame, SessionContext
 from datafusion import substrait as ds_substrait
 from datafusion.catalog import Table
 
-from engine.bridge import base_context
+from engine.bridge import base_context, write_links
 from engine.config import EngineConfig
 from engine.distributed.ids import StageId
 from engine.distributed.planner import ScanSpec, input_name
@@ -177,8 +177,7 @@ def linked_files(files: list[Path], links: Path) -> Path:
         pass
     temporary = links / f".{digest}.{uuid.uuid4().hex}"
     temporary.mkdir(parents=True)
-    for number, target in enumerate(targets):
-        (temporary / f"{number:06d}.parquet").symlink_to(target)
+    write_links(temporary, targets)
     try:
         temporary.rename(folder)
     except OSError:
