@@ -156,8 +156,14 @@ def test_parameters_and_writes_with_executors(cluster: RunningServer) -> None:
         assert cur.fetchall() == [(5,)]
         # The same text again after a write: the coordinator's kept plan must not serve
         # the old snapshot's files.
+        with_text = ("WITH kept AS (SELECT r_regionkey FROM public.cluster_t) "
+                     "SELECT count(*) FROM kept")
+        cur.execute(with_text)
+        assert cur.fetchall() == [(5,)]
         cur.execute("INSERT INTO public.cluster_t VALUES (7)")
         cur.execute("SELECT count(*) FROM public.cluster_t")
+        assert cur.fetchall() == [(6,)]
+        cur.execute(with_text)  # kept too (its WITH name is no table), and replaced
         assert cur.fetchall() == [(6,)]
         cur.execute("DROP TABLE public.cluster_t")
 
@@ -393,6 +399,11 @@ def test_losing_executors(demo_warehouse: Path, tmp_path: Path) -> None:
         adbc_connect(server) as conn,
         conn.cursor() as cur,
     ):
+        # Both executors first: with a grace of 2 s, a query may not wait for a slow start.
+        deadline = time.monotonic() + 60
+        while server.log().count("joined at") < 2:
+            assert time.monotonic() < deadline, "the executors did not join"
+            time.sleep(0.1)
         for _ in range(2):
             cur.execute("SELECT count(*) FROM region")
             assert cur.fetchall() == [(5,)]
