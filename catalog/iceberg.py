@@ -181,9 +181,12 @@ def _scan_of(ident: TableIdent, table: IcebergTable) -> TableScan:
     """What reading `table` at its current snapshot takes: files, or rows already read."""
     schema = table.schema().as_arrow()
     snapshot = table.current_snapshot()
+    # The table's identity and schema are part of its version: a table dropped and made
+    # again, or given a new schema, has new contents even with no snapshot or the same one.
+    version = (f"{table.metadata.table_uuid}:{table.metadata.current_schema_id}:"
+               f"{snapshot.snapshot_id if snapshot is not None else 'empty'}")
     if snapshot is None:
-        return TableScan(ident, schema, version="empty", arrow=schema.empty_table())
-    version = f"{table.metadata.table_uuid}:{snapshot.snapshot_id}"
+        return TableScan(ident, schema, version, arrow=schema.empty_table())
     tasks = list(table.scan().plan_files())
     if any(task.delete_files for task in tasks):
         # Only pyiceberg's reader applies delete files; never return deleted rows.

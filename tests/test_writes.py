@@ -76,6 +76,24 @@ def test_create_table_as_select(wconn: flightsql.Connection) -> None:
     assert fetch_rows(wconn, "DROP TABLE IF EXISTS tpch.finished") == [(0,)]
 
 
+def test_a_table_made_again_is_read_with_its_new_columns(wconn: flightsql.Connection) -> None:
+    """An empty table dropped and created again under its name has the new columns (both
+    versions have no snapshot: the server must not serve the first one's columns)."""
+    fetch_rows(wconn, "CREATE TABLE public.remade (a INT)")
+    with wconn.cursor() as cur:
+        cur.execute("SELECT * FROM public.remade")
+        assert cur.fetch_arrow_table().schema.names == ["a"]
+    fetch_rows(wconn, "DROP TABLE public.remade")
+    fetch_rows(wconn, "CREATE TABLE public.remade (b VARCHAR, c INT)")
+    with wconn.cursor() as cur:
+        cur.execute("SELECT * FROM public.remade")
+        assert cur.fetch_arrow_table().schema.names == ["b", "c"]
+        fetch_rows(wconn, "INSERT INTO public.remade VALUES ('x', 1)")
+        cur.execute("SELECT b, c FROM public.remade")
+        assert cur.fetchall() == [("x", 1)]
+    fetch_rows(wconn, "DROP TABLE public.remade")
+
+
 def test_failed_writes_leave_tables_unchanged(
     wconn: flightsql.Connection, write_server: RunningServer
 ) -> None:
