@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import shutil
 import tempfile
@@ -122,7 +123,9 @@ class TableCache:
         self.catalog = catalog
         self._on_replaced = on_replaced
         self._lock = threading.Lock()
-        self._tables: dict[TableIdent, tuple[str, Table]] = {}
+        # Per table: the version built, the build's number, the table.
+        self._tables: dict[TableIdent, tuple[str, int, Table]] = {}
+        self._builds = itertools.count()
         self._folders: dict[TableIdent, Path] = {}
         self._links = _FileLinks()
         config = SessionConfig()
@@ -130,8 +133,10 @@ class TableCache:
             config = config.set(key, value)
         self._reader = SessionContext(config)
 
-    def table(self, ident: TableIdent) -> Table:
-        """The table at its current version, read by DataFusion's own Parquet scan.
+    def numbered_table(self, ident: TableIdent) -> tuple[int, Table]:
+        """The table at its current version, read by DataFusion's own Parquet scan, and
+        the number of the build that made it (no two builds share one): physical plans
+        over one build read the same files.
 
         Must not be called while DataFusion plans (from a provider callback): building
         a Parquet scan starts DataFusion's runtime, which cannot nest.
@@ -141,17 +146,18 @@ class TableCache:
         with self._lock:
             cached = self._tables.get(ident)
             if cached is not None and cached[0] == scan.version:
-                return cached[1]
+                return cached[1:]
         table, folder = self._build(scan)
+        build = next(self._builds)
         with self._lock:
-            self._tables[ident] = (scan.version, table)
+            self._tables[ident] = (scan.version, build, table)
             replaced = self._folders.pop(ident, None)
             if folder is not None:
                 self._folders[ident] = folder
             if replaced is not None:
                 self._links.retire(replaced)
                 self._on_replaced(replaced)
-        return table
+        return build, table
 
     def table_while_planning(self, ident: TableIdent) -> Table:
         """The table for a provider callback: cached, or else a pyarrow dataset scan."""
@@ -159,7 +165,7 @@ class TableCache:
         with self._lock:
             cached = self._tables.get(ident)
             if cached is not None and cached[0] == scan.version:
-                return cached[1]
+                return cached[2]
         schema = plain_schema(scan.schema)
         if scan.arrow is not None:
             return Table(ds.dataset(scan.arrow.cast(schema)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Collection
 
 import sqlglot
 from sqlglot import exp
@@ -50,6 +51,24 @@ def _identifier(node: exp.Expression | None) -> str:
     if not isinstance(node, exp.Identifier):
         return ""
     return node.this if node.quoted else node.this.lower()
+
+
+# Planning fixes these functions' values (DataFusion folds them into constants).
+_FIXED_AT_PLANNING = re.compile(
+    r"\b(now|today|current_date|current_time|current_timestamp|localtime|localtimestamp)\b",
+    re.IGNORECASE)
+
+
+def plans_alike(sql: str, default_schema: str, found: Collection[TableIdent]) -> bool:
+    """Whether every plan of `sql` over the catalog tables `found`, at the same versions,
+    is the same plan: `sql` reads the clock nowhere and reads nothing but `found` and the
+    names it defines itself (WITH). Not information_schema's tables, which have no
+    version to tell a change by, nor text the parser cannot read."""
+    named = all_referenced_tables(sql, default_schema)
+    if named is None or not found or _FIXED_AT_PLANNING.search(sql):
+        return False
+    defined = {TableIdent(default_schema, name) for name in defined_names(sql)}
+    return named - set(found) <= defined
 
 
 @by_short_text(maxsize=512)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, replace
 from typing import overload
 
@@ -22,9 +21,10 @@ from engine.dialects import DATAFUSION, to_datafusion
 from engine.distributed.shuffle import MapOutput
 from engine.distributed.stage_task import StageTask
 from engine.parameters import bound_values, number_placeholders, parameter_schema
+from engine.physical_plans import KeptPlans, ShippedPlan
 from engine.plans import operators, unaliased
 from engine.read_cache import ReadResults, plain_read
-from engine.references import all_referenced_tables, referenced_tables
+from engine.references import all_referenced_tables, plans_alike, referenced_tables
 from engine.runner import StreamRunner, limits_check
 from engine.statements import WriteStatement, classify
 from engine.text_cache import by_short_text
@@ -52,6 +52,9 @@ class PlannedQuery:
     parameters: pa.RecordBatch | None = None
     # The context that planned `frame`, to make fresh frames of the same plan from.
     context: SessionContext | None = None
+    # What every plan of this query is made of, when that is all (SqlEngine keeps
+    # physical plans by it); None when a plan may differ from run to run.
+    plan_key: Hashable | None = None
 
 
 def planned_again(query: PlannedQuery) -> PlannedQuery:
@@ -181,6 +184,7 @@ class SqlEngine:
             catalog, on_replaced=lambda folder: self.read_results.forget_reading(folder.name))
         self._runner = StreamRunner()
         self._workers = QueryWorkers(config)
+        self._physical_plans = KeptPlans()
         self.admission = Admission(config.max_running_queries, config.max_queued_queries)
         self._table_free: dict[str, SessionContext] = {}
 
@@ -188,11 +192,13 @@ class SqlEngine:
                 temporary: dict[str, pa.Table] | None = None) -> Session:
         return Session(self, default_schema or self.config.default_schema, dialect, temporary)
 
-    def resolve_tables(self, sql: str, default_schema: str) -> dict[TableIdent, Table]:
-        resolved: dict[TableIdent, Table] = {}
+    def resolve_tables(self, sql: str, default_schema: str
+                       ) -> dict[TableIdent, tuple[int, Table]]:
+        """The catalog tables `sql` names, each with the number of its build."""
+        resolved: dict[TableIdent, tuple[int, Table]] = {}
         for ident in referenced_tables(sql, default_schema):
             try:
-                resolved[ident] = self.tables.table(ident)
+                resolved[ident] = self.tables.numbered_table(ident)
             except (TableNotFound, NamespaceNotFound):
                 continue  # DataFusion reports it, with the name as the user wrote it
         return resolved
@@ -242,27 +248,44 @@ class SqlEngine:
             with self.admission.slot(is_cancelled, self.config.query_timeout_s):
                 yield from self._one_row(query)
             return
-        with self._admitted(query, is_cancelled) as plan:
-            with translated_errors():
-                shipped = shippable_plan(plan)
+        with self.admission.slot(is_cancelled, self.config.query_timeout_s):
+            shipped = self._shipped(query)
             if shipped is None:
                 yield from self._in_process(query, is_cancelled)
             else:
-                yield from self._from_worker(query, plan, shipped, is_cancelled, wire)
+                yield from self._from_worker(query, shipped, is_cancelled, wire)
 
-    def _from_worker(self, query: PlannedQuery, plan: ExecutionPlan, shipped: bytes,
+    def _shipped(self, query: PlannedQuery) -> ShippedPlan | None:
+        """The query's physical plan for a query worker, planned now or kept from an
+        earlier run of the same plan; None for a plan that runs in this process."""
+        assert query.frame is not None
+        if query.plan_key is not None:
+            kept = self._physical_plans.get(query.plan_key)
+            if kept is not None:
+                return kept
+        with translated_errors():
+            plan = query.frame.execution_plan()
+            shipped = shippable_plan(plan)
+        if shipped is None:
+            return None
+        made = ShippedPlan(shipped, result_batch_rows(plan, query.schema, self.config),
+                           plain_read(query.frame, plan))
+        if query.plan_key is not None:
+            self._physical_plans.keep(query.plan_key, made)
+        return made
+
+    def _from_worker(self, query: PlannedQuery, shipped: ShippedPlan,
                      is_cancelled: Callable[[], bool],
                      wire: Callable[[pa.Buffer], WireMessage] | None
                      ) -> Iterator[ResultBatch]:
-        assert query.frame is not None
-        batch_rows = result_batch_rows(plan, query.schema, self.config)
+        plan, batch_rows = shipped.plan, shipped.batch_rows
         if wire is None:
-            yield from self._workers.batches(shipped, query.schema, self.config.query_timeout_s,
+            yield from self._workers.batches(plan, query.schema, self.config.query_timeout_s,
                                              is_cancelled, batch_rows=batch_rows)
             return
         key = None
-        if self.read_results.max_bytes and plain_read(query.frame, plan):
-            key = ReadResults.key(shipped, query.schema, batch_rows, wire.__qualname__)
+        if self.read_results.max_bytes and shipped.plain_read:
+            key = ReadResults.key(plan, query.schema, batch_rows, wire.__qualname__)
             kept = self.read_results.get(key)
             if kept is not None:
                 check = limits_check(self.config.query_timeout_s, is_cancelled)
@@ -271,9 +294,9 @@ class SqlEngine:
                     yield message
                 return
         messages = (wire(message) for message in self._workers.batches(
-            shipped, query.schema, self.config.query_timeout_s, is_cancelled, encoded=True,
+            plan, query.schema, self.config.query_timeout_s, is_cancelled, encoded=True,
             batch_rows=batch_rows))
-        yield from messages if key is None else self.read_results.keeping(key, shipped, messages)
+        yield from messages if key is None else self.read_results.keeping(key, plan, messages)
 
     def write_map_output(self, query: PlannedQuery, output: MapOutput,
                          is_cancelled: Callable[[], bool],
@@ -283,13 +306,12 @@ class SqlEngine:
         In a worker, the worker writes the files: the rows never cross the pipe."""
         if query.rows is not None:
             return output.write(query.rows.to_batches(), query.schema, first_written)
-        with self._admitted(query, is_cancelled) as plan:
-            with translated_errors():
-                shipped = shippable_plan(plan)
+        with self.admission.slot(is_cancelled, self.config.query_timeout_s):
+            shipped = self._shipped(query)
             if shipped is not None:
                 return self._workers.write_map_output(
-                    shipped, query.schema, output, self.config.query_timeout_s, is_cancelled,
-                    first_written)
+                    shipped.plan, query.schema, output, self.config.query_timeout_s,
+                    is_cancelled, first_written)
             return output.write(self._in_process(query, is_cancelled), query.schema,
                                 first_written)
 
@@ -302,16 +324,6 @@ class SqlEngine:
             return self._workers.write_map_output(
                 task.encode(), task.schema, output, self.config.query_timeout_s, is_cancelled,
                 first_written, stage_task=True)
-
-    @contextmanager
-    def _admitted(self, query: PlannedQuery, is_cancelled: Callable[[], bool]
-                  ) -> Iterator[ExecutionPlan]:
-        """Hold a running slot; yield the query's physical plan."""
-        assert query.frame is not None
-        with self.admission.slot(is_cancelled, self.config.query_timeout_s):
-            with translated_errors():
-                plan = query.frame.execution_plan()
-            yield plan
 
     @staticmethod
     def _one_row(query: PlannedQuery) -> Iterator[pa.RecordBatch]:
@@ -387,14 +399,17 @@ class Session:
         """A read-only query, planned and not run."""
         text = self._translate(sql)
         values = bound_values(parameters)
-        ctx = self._context_for(text)
+        ctx, builds = self._context_for(text)
         with translated_errors():
             frame = ctx.sql(text, options=READ_ONLY, param_values=values or None)
             schema = plain_schema(frame.schema())
             rows = written_constants(frame, schema)
+        key = None
+        if not values and not self.temporary and plans_alike(text, self.default_schema, builds):
+            key = (text, self.default_schema, frozenset(builds.items()))
         return PlannedQuery(sql=sql, schema=schema, frame=frame, rows=rows, text=text,
                             default_schema=self.default_schema, parameters=parameters,
-                            context=ctx if self._contexts_shareable() else None)
+                            context=ctx if self._contexts_shareable() else None, plan_key=key)
 
     def execute(
         self,
@@ -442,7 +457,7 @@ class Session:
             return pa.Table.from_batches(batches, schema=planned.schema)
 
         writer = Writer(self.engine.config.catalog_name, self.default_schema,
-                        self.engine.catalog, lambda schema: self._context_for(text), collect)
+                        self.engine.catalog, lambda schema: self._context_for(text)[0], collect)
         with translated_errors():
             return writer.run(statement, text, values)
 
@@ -475,12 +490,15 @@ class Session:
         which a context's memory pool enforces per run."""
         return self.engine.config.memory_limit_bytes is None
 
-    def _context_for(self, sql: str) -> SessionContext:
+    def _context_for(self, sql: str) -> tuple[SessionContext, dict[TableIdent, int]]:
+        """A context to plan `sql` in, and the build of each catalog table resolved in it."""
         if (not self.temporary and self._contexts_shareable()
                 and all_referenced_tables(sql, self.default_schema) == frozenset()):
-            return self.engine.table_free_context(self.default_schema)
+            return self.engine.table_free_context(self.default_schema), {}
         with translated_errors():
-            resolved = self.engine.resolve_tables(sql, self.default_schema)
+            numbered = self.engine.resolve_tables(sql, self.default_schema)
+        resolved = {ident: table for ident, (_, table) in numbered.items()}
         for name, rows in self.temporary.items():
             resolved[TableIdent(self.default_schema, name)] = self.engine.tables.memory_table(rows)
-        return self.engine.new_context(self.default_schema, resolved)
+        builds = {ident: build for ident, (build, _) in numbered.items()}
+        return self.engine.new_context(self.default_schema, resolved), builds

@@ -21,7 +21,6 @@ from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
 from engine.arrow_types import conform_batch, sized_batches
-from engine.bridge import base_context
 from engine.config import EngineConfig
 from engine.distributed.shuffle import MapOutput
 from engine.distributed.stage_task import StageContexts, StageTask
@@ -146,7 +145,7 @@ def _run(kind: bytes, payload: bytes, out: IO[bytes], slots: _SlotWriter,
         with contexts.frame(config, StageTask.decode(plan_bytes)) as (ctx, frame):
             _send(ctx, frame.execution_plan(), schema, output, out, slots, config)
     else:
-        ctx = base_context(config)
+        ctx = contexts.context(config)
         _send(ctx, ExecutionPlan.from_bytes(ctx, plan_bytes), schema, output, out, slots,
               config)
 

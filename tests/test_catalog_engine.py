@@ -273,14 +273,44 @@ def test_only_queries_naming_no_table_share_a_context(catalog: Catalog) -> None:
     try:
         session = shared_engine.session()
         shared = shared_engine.table_free_context("public")
-        assert session._context_for("SELECT 1") is shared
-        assert session._context_for("SELECT now(), random()") is shared
-        assert session._context_for("SELECT * FROM items") is not shared
+        assert session._context_for("SELECT 1")[0] is shared
+        assert session._context_for("SELECT now(), random()")[0] is shared
+        assert session._context_for("SELECT * FROM items")[0] is not shared
         temporary = shared_engine.session(temporary={"scratch": ROWS})
-        assert temporary._context_for("SELECT 1") is not shared
+        assert temporary._context_for("SELECT 1")[0] is not shared
         limited = limited_engine.session()
-        assert limited._context_for("SELECT 1") is not limited._context_for("SELECT 1")
+        assert limited._context_for("SELECT 1")[0] is not limited._context_for("SELECT 1")[0]
         assert _rows(shared_engine, "SELECT 1 AS one") == [{"one": 1}]
     finally:
         shared_engine.close()
         limited_engine.close()
+
+
+def test_physical_plans_are_kept_by_query_and_table_build(engine: SqlEngine) -> None:
+    """A query planned again over the same builds of its tables runs the physical plan
+    made at its first run; a new version of a table, the clock, parameters, a session's
+    temporary tables and tables without versions plan afresh, and every answer is right."""
+    ident = TableIdent("public", "items")
+    engine.catalog.create_table(ident, ROWS.schema)
+    engine.catalog.append(ident, ROWS)
+    session = engine.session()
+    text = "WITH t AS (SELECT id FROM items) SELECT sum(id) AS s FROM t"
+    first = session.plan(text)
+    assert first.plan_key is not None
+    assert _rows(engine, text) == [{"s": 6}]
+    kept = engine._physical_plans.get(first.plan_key)
+    assert kept is not None
+    assert session.plan(text).plan_key == first.plan_key
+    assert _rows(engine, text) == [{"s": 6}]
+    assert engine._physical_plans.get(first.plan_key) is kept
+    engine.catalog.append(ident, ROWS)
+    assert session.plan(text).plan_key != first.plan_key
+    assert _rows(engine, text) == [{"s": 12}]
+    unkept = [
+        session.plan("SELECT count(*) AS n, now() AS t FROM items"),
+        session.plan("SELECT id FROM items WHERE id = $1",
+                     pa.record_batch([pa.array([2])], names=["$1"])),
+        engine.session(temporary={"scratch": ROWS}).plan("SELECT * FROM items"),
+        session.plan("SELECT table_name FROM information_schema.tables, items"),
+    ]
+    assert [query.plan_key for query in unkept] == [None] * len(unkept)

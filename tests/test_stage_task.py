@@ -138,3 +138,17 @@ def test_a_table_kept_for_files_is_not_used_for_another_schema_of_them(
                      tmp_path / "links", target_partitions=2)
     with contexts.frame(EngineConfig(), task) as (_, frame):
         assert frame.to_arrow_table().column("named").to_pylist() == [0]
+
+
+def test_a_worker_keeps_a_context_per_configuration_and_a_few_at_most() -> None:
+    """Physical plans from the server run in the kept context of their configuration;
+    configurations differ by rows per batch, so only the most recently used few stay."""
+    contexts = StageContexts()
+    first = contexts.context(EngineConfig(batch_size=1024))
+    assert contexts.context(EngineConfig(batch_size=1024)) is first
+    assert contexts.context(EngineConfig(batch_size=2048)) is not first
+    for size in range(1, 9):
+        contexts.context(EngineConfig(batch_size=size))
+    assert contexts.context(EngineConfig(batch_size=1024)) is not first
+    ctx = contexts.context(EngineConfig(batch_size=7))
+    assert ctx.sql("SELECT 41 + 1 AS n").to_pydict() == {"n": [42]}

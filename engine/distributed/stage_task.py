@@ -109,12 +109,28 @@ class _TaskContext:
         return table
 
 
+# Configurations differ by target partitions and rows per batch (engine.session's
+# result_batch_rows), a few in practice.
+_CONTEXTS_KEPT = 8
+
+
 class StageContexts:
-    """The contexts one worker plans its stage tasks in, one per engine configuration,
-    kept from task to task; a worker runs one task at a time."""
+    """The contexts one worker plans and runs its stage tasks and physical plans in, one
+    per engine configuration, kept from task to task; a worker runs one at a time."""
 
     def __init__(self) -> None:
         self._contexts: dict[EngineConfig, _TaskContext] = {}
+
+    def context(self, config: EngineConfig) -> SessionContext:
+        """The context kept for `config` (making one costs 0.5-1 ms in a worker)."""
+        return self._kept(config).ctx
+
+    def _kept(self, config: EngineConfig) -> _TaskContext:
+        kept = self._contexts.pop(config, None) or _TaskContext(config)
+        self._contexts[config] = kept  # the most recently used last
+        while len(self._contexts) > _CONTEXTS_KEPT:
+            del self._contexts[next(iter(self._contexts))]
+        return kept
 
     @contextmanager
     def frame(self, config: EngineConfig, task: StageTask
@@ -134,10 +150,7 @@ class StageContexts:
                    ) -> Iterator[tuple[SessionContext, DataFrame]]:
         """The stage `plan` over exchange inputs given as batches (and `scans`, their
         files linked under `links`), as `frame` makes it."""
-        config = replace(config, target_partitions=target_partitions)
-        kept = self._contexts.get(config)
-        if kept is None:
-            kept = self._contexts[config] = _TaskContext(config)
+        kept = self._kept(replace(config, target_partitions=target_partitions))
         ctx = kept.ctx
         registered: list[str] = []
         try:

@@ -4,7 +4,6 @@ of its tables' current snapshots (engine.distributed.stage_task runs one task of
 from __future__ import annotations
 
 import functools
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
@@ -24,7 +23,7 @@ from engine.distributed.ids import StageId
 from engine.distributed.planner import PlanSchemas, StagePlan, TableFiles, plan_stages
 from engine.errors import EngineError
 from engine.parameters import bound_values
-from engine.references import defined_names, referenced_tables
+from engine.references import plans_alike, referenced_tables
 from engine.session import READ_ONLY, SqlEngine
 from engine.translate import translated_errors
 
@@ -68,11 +67,6 @@ class DistributedQuery:
         return made
 
 
-# Planning fixes these functions' values (DataFusion folds them into constants): a query
-# that may mention one is resolved afresh each time.
-_FIXED_AT_PLANNING = re.compile(
-    r"\b(now|today|current_date|current_time|current_timestamp|localtime|localtimestamp)\b",
-    re.IGNORECASE)
 _RESOLVED_KEPT = 256
 
 
@@ -91,13 +85,7 @@ class ResolvedQueries:
                 ) -> DistributedQuery:
         referenced = referenced_tables(text, default_schema)
         found = _snapshot_files(engine, referenced)
-        unfound = referenced - found.keys()
-        defined = {TableIdent(default_schema, name) for name in defined_names(text)}
-        if (parameters is not None or _FIXED_AT_PLANNING.search(text) or not found
-                or not unfound <= defined):
-            # (A name that is not a catalog table, as information_schema's, has no
-            # snapshot to tell a changed answer by; nor has text the parser missed. A
-            # name the query defines itself (WITH) is no table: its tables are found.)
+        if parameters is not None or not plans_alike(text, default_schema, found):
             return _resolve(engine, text, default_schema, parameters, partitions,
                             broadcast_limit, found)
         key = (text, default_schema, partitions, broadcast_limit, tuple(found.items()))
