@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import pyarrow as pa
+
+from catalog.errors import NamespaceNotFound, TableNotFound
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,16 @@ class Catalog(ABC):
 
     @abstractmethod
     def scan(self, ident: TableIdent) -> TableScan: ...
+
+    def scans(self, idents: Collection[TableIdent]) -> dict[TableIdent, TableScan]:
+        """The scans of those of `idents` that are tables (a query's, looked up at once)."""
+        found = {}
+        for ident in idents:
+            try:
+                found[ident] = self.scan(ident)
+            except (TableNotFound, NamespaceNotFound):
+                continue
+        return found
 
     @abstractmethod
     def create_table(self, ident: TableIdent, schema: pa.Schema) -> None: ...

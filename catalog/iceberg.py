@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 from urllib.parse import unquote, urlparse
@@ -28,12 +28,12 @@ from catalog.rows import fit_rows_for_iceberg
 
 T = TypeVar("T")
 
-# A table's current metadata file in a SqlCatalog's own table, built once (building a
-# statement costs more than running it).
-_METADATA_LOCATION = select(IcebergTables.metadata_location).where(
-    IcebergTables.catalog_name == bindparam("catalog"),
-    IcebergTables.table_namespace == bindparam("namespace"),
-    IcebergTables.table_name == bindparam("name"))
+# The current metadata files of the tables in some namespaces, from a SqlCatalog's own
+# table; built once (building a statement costs more than running it).
+_METADATA_LOCATIONS = select(
+    IcebergTables.table_namespace, IcebergTables.table_name, IcebergTables.metadata_location
+).where(IcebergTables.catalog_name == bindparam("catalog"),
+        IcebergTables.table_namespace.in_(bindparam("namespaces", expanding=True)))
 
 
 @contextmanager
@@ -121,23 +121,51 @@ class IcebergCatalog(Catalog):
             update.set_identifier_fields(*columns)
 
     def scan(self, ident: TableIdent) -> TableScan:
+        locations = self._metadata_locations([ident])
+        return self._scan_at(ident, None if locations is None else locations.get(ident))
+
+    def scans(self, idents: Collection[TableIdent]) -> dict[TableIdent, TableScan]:
+        """The scans of those of `idents` that are tables: with a SqlCatalog, one query
+        tells which of the scans kept are current (a query per table cost 0.2-0.5 ms)."""
+        locations = self._metadata_locations(idents)
+        if locations is None:
+            return super().scans(idents)
+        found = {}
+        for ident in idents:
+            if ident not in locations:
+                continue
+            try:
+                found[ident] = self._scan_at(ident, locations[ident])
+            except (TableNotFound, NamespaceNotFound):
+                continue  # dropped since
+        return found
+
+    def _scan_at(self, ident: TableIdent, location: str | None) -> TableScan:
+        """The table's scan: the one kept if read from `location` (its current metadata
+        file, where known), else read now."""
         cached = self._scans.get(ident)
-        if cached is not None and cached[0] == self._metadata_location(ident):
+        if cached is not None and cached[0] == location:
             return cached[1]
         table = self._load(ident)
         scan = _scan_of(ident, table)
         self._scans[ident] = (table.metadata_location, scan)
         return scan
 
-    def _metadata_location(self, ident: TableIdent) -> str | None:
-        """The table's current metadata file, read cheaply where the backend allows
-        (one sqlite row, not the metadata file); None where it does not."""
+    def _metadata_locations(self, idents: Collection[TableIdent]) -> dict[TableIdent, str] | None:
+        """The tables' current metadata files, read cheaply where the backend allows (rows
+        of sqlite, not metadata files): those of `idents` that exist. None where the
+        backend does not allow it."""
         if not isinstance(self._backend, SqlCatalog):
             return None
-        parameters = {"catalog": self._backend.name, "namespace": ident.namespace,
-                      "name": ident.name}
+        if not idents:
+            return {}
+        parameters = {"catalog": self._backend.name,
+                      "namespaces": sorted({ident.namespace for ident in idents})}
         with self._backend.engine.connect() as connection:  # a third of an ORM session's cost
-            return connection.execute(_METADATA_LOCATION, parameters).scalar_one_or_none()
+            rows = connection.execute(_METADATA_LOCATIONS, parameters).all()
+        wanted = set(idents)
+        return {ident: location for namespace, name, location in rows
+                if location is not None and (ident := TableIdent(namespace, name)) in wanted}
 
     def create_table(self, ident: TableIdent, schema: pa.Schema) -> None:
         with _typed_errors():

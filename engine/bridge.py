@@ -133,15 +133,15 @@ class TableCache:
             config = config.set(key, value)
         self._reader = SessionContext(config)
 
-    def numbered_table(self, ident: TableIdent) -> tuple[int, Table]:
-        """The table at its current version, read by DataFusion's own Parquet scan, and
+    def numbered_table(self, scan: TableScan) -> tuple[int, Table]:
+        """The table at the version `scan` reads, by DataFusion's own Parquet scan, and
         the number of the build that made it (no two builds share one): physical plans
         over one build read the same files.
 
         Must not be called while DataFusion plans (from a provider callback): building
         a Parquet scan starts DataFusion's runtime, which cannot nest.
         """
-        scan = self.catalog.scan(ident)
+        ident = scan.ident
         check_data_files(scan)
         with self._lock:
             cached = self._tables.get(ident)

@@ -12,7 +12,7 @@ from datafusion.catalog import Table
 from datafusion.expr import EmptyRelation, Expr, Projection
 from datafusion.plan import LogicalPlan
 
-from catalog import Catalog, NamespaceNotFound, TableIdent, TableNotFound
+from catalog import Catalog, TableIdent
 from engine.admission import Admission
 from engine.arrow_types import ResultBatch, WireMessage, conform_batch, plain_schema, split_batch
 from engine.bridge import CatalogBridge, TableCache, base_context
@@ -194,14 +194,10 @@ class SqlEngine:
 
     def resolve_tables(self, sql: str, default_schema: str
                        ) -> dict[TableIdent, tuple[int, Table]]:
-        """The catalog tables `sql` names, each with the number of its build."""
-        resolved: dict[TableIdent, tuple[int, Table]] = {}
-        for ident in referenced_tables(sql, default_schema):
-            try:
-                resolved[ident] = self.tables.numbered_table(ident)
-            except (TableNotFound, NamespaceNotFound):
-                continue  # DataFusion reports it, with the name as the user wrote it
-        return resolved
+        """The catalog tables `sql` names, each with the number of its build (DataFusion
+        reports a name that is no table, as the user wrote it)."""
+        scans = self.catalog.scans(referenced_tables(sql, default_schema))
+        return {ident: self.tables.numbered_table(scan) for ident, scan in scans.items()}
 
     def new_context(
         self, default_schema: str, resolved: dict[TableIdent, Table] | None = None
@@ -468,12 +464,9 @@ class Session:
         idents = all_referenced_tables(self._translate(sql), self.default_schema)
         if idents is None:
             return None
-        versions: list[str | None] = []
-        for ident in sorted(idents, key=str):
-            try:
-                versions.append(self.engine.catalog.scan(ident).version)
-            except (TableNotFound, NamespaceNotFound):
-                versions.append(None)
+        scans = self.engine.catalog.scans(idents)
+        versions = [scans[ident].version if ident in scans else None
+                    for ident in sorted(idents, key=str)]
         return self.default_schema, tuple(versions), tuple(
             (name, id(rows)) for name, rows in sorted(self.temporary.items()))
 

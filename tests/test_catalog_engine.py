@@ -314,3 +314,25 @@ def test_physical_plans_are_kept_by_query_and_table_build(engine: SqlEngine) -> 
         session.plan("SELECT table_name FROM information_schema.tables, items"),
     ]
     assert [query.plan_key for query in unkept] == [None] * len(unkept)
+
+
+def test_scans_of_several_tables_at_once_are_current(catalog: Catalog, tmp_path: Path) -> None:
+    """`scans` answers for the tables that exist, each at its current version, also after
+    another writer (another catalog object over the same warehouse) changed one."""
+    catalog.create_namespace("public")
+    catalog.create_namespace("sales")
+    items, orders = TableIdent("public", "items"), TableIdent("sales", "orders")
+    for ident in (items, orders):
+        catalog.create_table(ident, ROWS.schema)
+    catalog.append(orders, ROWS)
+    missing = [TableIdent("public", "nothing"), TableIdent("nowhere", "items")]
+    first = catalog.scans([items, orders, *missing])
+    assert set(first) == {items, orders}
+    assert first[orders].version == catalog.scan(orders).version
+    other = (IcebergCatalog.embedded(str(tmp_path / "warehouse"))
+             if isinstance(catalog, IcebergCatalog) else catalog)
+    other.append(items, ROWS)
+    again = catalog.scans([items, orders])
+    assert again[orders] == first[orders]
+    assert again[items].version != first[items].version
+    assert again[items].version == catalog.scan(items).version

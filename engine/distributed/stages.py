@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -15,7 +15,7 @@ from datafusion import substrait as ds_substrait
 from datafusion.catalog import Table
 from datafusion.plan import LogicalPlan
 
-from catalog import NamespaceNotFound, TableIdent, TableNotFound
+from catalog import TableIdent
 from engine.arrow_types import plain_schema
 from engine.bridge import CatalogBridge, base_context, check_data_files
 from engine.config import EngineConfig
@@ -155,14 +155,10 @@ def _empty_table(schema: pa.Schema) -> Table:
     return Table(ds.dataset(schema.empty_table()))
 
 
-def _snapshot_files(engine: SqlEngine, referenced: Iterable[TableIdent]
+def _snapshot_files(engine: SqlEngine, referenced: Collection[TableIdent]
                     ) -> dict[TableIdent, TableFiles]:
     found = {}
-    for ident in referenced:
-        try:
-            scan = engine.catalog.scan(ident)
-        except (TableNotFound, NamespaceNotFound):
-            continue  # planning reports it
+    for ident, scan in engine.catalog.scans(referenced).items():  # planning reports others
         if scan.arrow is not None and (scan.arrow.num_rows or scan.data_files):
             raise NotDistributable(f"table {ident} has row-level deletes")
         check_data_files(scan)
