@@ -44,6 +44,3 @@ class KeptPlans:
             self._plans[key] = plan
             while len(self._plans) > self._max_plans:
                 self._plans.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._plans)

@@ -237,6 +237,9 @@ def test_adaptive_planning_broadcasts_a_join_input_found_small(engine: SqlEngine
     lineitem = next(s for s in large.stages if s.stage in join.inputs and s != probe)
     assert [s.table for s in lineitem.scans] == ["tpch.lineitem"]
     assert lineitem.output == probe.output
+    # Replans are kept by the sizes they were made from: the same sizes, the same plan.
+    assert query.plan({probe.stage: limit}) is small
+    assert query.plan({probe.stage: limit + 1}) is large
     # Broadcast off: nothing to learn, so no probe.
     assert resolve_distributed(engine, text, "tpch", None, 4, 0).plan({}).probe is None
 

@@ -42,7 +42,8 @@ class DistributedQuery:
     tables: Callable[[list[str]], TableFiles]
     partitions: int
     broadcast_limit: int
-    # The cut is deterministic: the first plans made (from no sizes, or before a probe).
+    # The cut is deterministic: the plans made, by the probe sizes they were made with
+    # (a probe over the same files writes the same bytes at every run, measured on TPC-H).
     _plans: dict[tuple[tuple[StageId, int], ...] | None, StagePlan] = field(
         default_factory=dict, compare=False, repr=False)
     # Schemas of the partial plans the cuts asked about, kept for the replans.
@@ -53,7 +54,7 @@ class DistributedQuery:
         key = None if observed is None else tuple(sorted(observed.items()))
         made = self._plans.get(key)
         if made is not None:
-            return made  # only first plans are kept: later sizes differ from run to run
+            return made
         try:
             made = plan_stages(self.substrait, base_context(self.config), self.tables,
                                self.partitions, _empty_table, self.broadcast_limit, observed,
@@ -62,9 +63,13 @@ class DistributedQuery:
             raise
         except Exception as exc:
             raise NotDistributable(f"the stage planner failed ({_first_line(exc)})") from None
-        if not key:
+        if len(self._plans) < _PLANS_KEPT:
             self._plans[key] = made
         return made
+
+
+# Plans kept per query: its first, and its replans after each probe, for a few sizes.
+_PLANS_KEPT = 16
 
 
 _RESOLVED_KEPT = 256
