@@ -142,8 +142,8 @@ def _run(kind: bytes, payload: bytes, out: IO[bytes], slots: _SlotWriter,
          contexts: StageContexts) -> None:
     config, schema, plan_bytes, output = decode_request(payload)
     if kind == STAGE_REQUEST:
-        with contexts.frame(config, StageTask.decode(plan_bytes)) as (ctx, frame):
-            _send(ctx, frame.execution_plan(), schema, output, out, slots, config)
+        with contexts.physical_plan(config, StageTask.decode(plan_bytes)) as (ctx, plan):
+            _send(ctx, plan, schema, output, out, slots, config)
     else:
         ctx = contexts.context(config)
         _send(ctx, ExecutionPlan.from_bytes(ctx, plan_bytes), schema, output, out, slots,

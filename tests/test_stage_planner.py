@@ -6,11 +6,14 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from catalog import IcebergCatalog
 from engine import EngineConfig, SqlEngine
+from engine.distributed.ids import StageId
 from engine.distributed.planner import ExchangeKind, StageDef, StagePlan
+from engine.distributed.stage_task import StageContexts, StageTask
 from engine.distributed.stages import (
     DistributedQuery,
     NotDistributable,
@@ -18,6 +21,7 @@ from engine.distributed.stages import (
     plan_distributed,
     resolve_distributed,
 )
+from tests.reference import duckdb_over_catalog, tpch_queries
 
 
 @pytest.fixture(scope="module")
@@ -291,3 +295,29 @@ def test_resolved_queries_are_kept_until_their_tables_change(engine: SqlEngine) 
     assert resolve(with_text) is kept
     session.execute("INSERT INTO public.scratch_rows VALUES (4)")
     assert resolve(with_text) is not kept
+
+
+def test_stage_scans_read_strings_as_views_where_the_plan_takes_them(
+        engine: SqlEngine, tmp_path: Path) -> None:
+    """Each stage of TPC-H q7 plans in a worker's contexts; its scans read strings as
+    views, except in the stage DataFusion cannot plan so (a join of two nation scans
+    grouped by both names), which reads plain strings."""
+    text = tpch_queries(duckdb_over_catalog(engine.catalog))[7]
+    # customer and nation broadcast into the join of the lineitem and orders shuffles
+    stages = resolve_distributed(engine, text, "tpch", None, 2, 200_000).plan().stages
+    by_id = {stage.stage: stage for stage in stages}
+    contexts = StageContexts()
+    read_as: dict[StageId, set[pa.DataType]] = {}
+    for stage in stages:
+        task = StageTask(stage.plan, stage.schema, stage.scans,
+                         {i: (by_id[i].schema, ()) for i in stage.inputs}, tmp_path, 2)
+        with contexts.physical_plan(EngineConfig(), task) as (ctx, plan):
+            assert plan.partition_count >= 1
+            read_as[stage.stage] = {field.type for scan in stage.scans
+                                    for field in ctx.table(scan.name).schema()
+                                    if field.name.endswith("name")}
+    joined = next(s.stage for s in stages if len(s.scans) == 3 and s.inputs)
+    assert read_as[joined] == {pa.string()}
+    assert all(read_as[s.stage] == {pa.string_view()} for s in stages
+               if s.stage != joined and any(f.name.endswith("name") for scan in s.scans
+                                            for f in scan.schema))
