@@ -509,21 +509,29 @@ class CoordinatorService:
                  ) -> Iterator[tuple[_Job, list[pa.ipc.RecordBatchFileReader]]]:
         """Run the query as a job and open its result files (fetched into local files, or
         in place), before the client sees a row: an executor lost while its result
-        partition is read costs a rerun of the job, never a broken or doubled stream."""
+        partition is read costs a rerun of the job, never a broken or doubled stream. The
+        executors drop the job's files once the result is sent: dropping them while the
+        coordinator ran the result stage slowed it (their calls and its own compete for
+        the same cores)."""
         with tempfile.TemporaryDirectory(prefix="krishiv-result-") as spool:
             for _ in range(_RESULT_ATTEMPTS):
                 job, finished = self._execute(query, text, planned, is_cancelled, final_here)
-                record = self._jobs[job]
                 try:
+                    record = self._jobs[job]
                     readers = self._spool(job, finished, Path(spool))
                 except _ResultLost as lost:
+                    self._forget(job)
                     log.warning("result of %s lost with %s (%s); running the job again",
                                 job, lost.executor, lost)
                     self._handle(ExecutorLost(lost.executor))
                     continue
+                except BaseException:
+                    self._forget(job)
+                    raise
+                try:
+                    yield record, readers
                 finally:
                     self._forget(job)
-                yield record, readers
                 return
             raise Unavailable(f"the query's result was lost {_RESULT_ATTEMPTS} times")
 
