@@ -28,12 +28,14 @@ from catalog.rows import fit_rows_for_iceberg
 
 T = TypeVar("T")
 
-# The current metadata files of the tables in some namespaces, from a SqlCatalog's own
-# table; built once (building a statement costs more than running it).
+# The current metadata files of some tables (by namespaces and names, the pairs picked
+# after), from a SqlCatalog's own table; built once (building a statement costs more
+# than running it).
 _METADATA_LOCATIONS = select(
     IcebergTables.table_namespace, IcebergTables.table_name, IcebergTables.metadata_location
 ).where(IcebergTables.catalog_name == bindparam("catalog"),
-        IcebergTables.table_namespace.in_(bindparam("namespaces", expanding=True)))
+        IcebergTables.table_namespace.in_(bindparam("namespaces", expanding=True)),
+        IcebergTables.table_name.in_(bindparam("names", expanding=True)))
 
 
 @contextmanager
@@ -160,7 +162,8 @@ class IcebergCatalog(Catalog):
         if not idents:
             return {}
         parameters = {"catalog": self._backend.name,
-                      "namespaces": sorted({ident.namespace for ident in idents})}
+                      "namespaces": sorted({ident.namespace for ident in idents}),
+                      "names": sorted({ident.name for ident in idents})}
         with self._backend.engine.connect() as connection:  # a third of an ORM session's cost
             rows = connection.execute(_METADATA_LOCATIONS, parameters).all()
         wanted = set(idents)

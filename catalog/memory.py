@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pyarrow as pa
@@ -17,6 +18,8 @@ class InMemoryCatalog(Catalog):
         self._namespaces: dict[str, dict[str, str]] = {}
         self._tables: dict[TableIdent, tuple[int, pa.Table]] = {}
         self._keys: dict[TableIdent, list[str]] = {}
+        # Versions from one counter: a table dropped and made again never reuses one.
+        self._versions = itertools.count()
 
     def list_namespaces(self) -> list[str]:
         with self._lock:
@@ -57,18 +60,18 @@ class InMemoryCatalog(Catalog):
             self._require_namespace(ident.namespace)
             if ident in self._tables:
                 raise AlreadyExists(f"table {ident} already exists")
-            self._tables[ident] = (0, schema.empty_table())
+            self._tables[ident] = (next(self._versions), schema.empty_table())
 
     def append(self, ident: TableIdent, rows: pa.Table) -> None:
         with self._lock:
-            version, current = self._tables_entry_locked(ident)
+            _, current = self._tables_entry_locked(ident)
             combined = pa.concat_tables([current, fit_rows(rows, current.schema)])
-            self._tables[ident] = (version + 1, combined)
+            self._tables[ident] = (next(self._versions), combined)
 
     def replace(self, ident: TableIdent, rows: pa.Table) -> None:
         with self._lock:
-            version, current = self._tables_entry_locked(ident)
-            self._tables[ident] = (version + 1, fit_rows(rows, current.schema))
+            _, current = self._tables_entry_locked(ident)
+            self._tables[ident] = (next(self._versions), fit_rows(rows, current.schema))
 
     def drop_table(self, ident: TableIdent) -> None:
         with self._lock:

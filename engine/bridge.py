@@ -204,8 +204,10 @@ def check_data_files(scan: TableScan) -> None:
 
 class _NamespaceSchema(SchemaProvider):
     def __init__(
-        self, tables: TableCache, namespace: str, resolved: dict[TableIdent, Table]
+        self, bridge: CatalogBridge, tables: TableCache, namespace: str,
+        resolved: dict[TableIdent, Table]
     ) -> None:
+        self._bridge = bridge
         self._tables = tables
         self._namespace = namespace
         self._resolved = resolved
@@ -217,8 +219,12 @@ class _NamespaceSchema(SchemaProvider):
 
     def table(self, name: str) -> Table | None:
         ident = TableIdent(self._namespace, name)
+        resolved = self._resolved.get(ident)
+        if resolved is not None:
+            return resolved
+        self._bridge.looked_up_lazily = True
         try:
-            return self._resolved.get(ident) or self._tables.table_while_planning(ident)
+            return self._tables.table_while_planning(ident)
         except (TableNotFound, NamespaceNotFound):
             return None
 
@@ -227,11 +233,13 @@ class _NamespaceSchema(SchemaProvider):
 
 
 class CatalogBridge(CatalogProvider):
-    """One query's catalog: tables resolved before planning, others looked up lazily."""
+    """One query's catalog: tables resolved before planning, others looked up lazily
+    (then `looked_up_lazily` says so: a plan of such tables is not known by its builds)."""
 
     def __init__(self, tables: TableCache, resolved: dict[TableIdent, Table]) -> None:
         self._tables = tables
         self._resolved = resolved
+        self.looked_up_lazily = False
 
     def schema_names(self) -> set[str]:
         return set(self._tables.catalog.list_namespaces())
@@ -241,4 +249,4 @@ class CatalogBridge(CatalogProvider):
         known = any(ident.namespace == name for ident in self._resolved)
         if not known and not self._tables.catalog.namespace_exists(name):
             return None
-        return _NamespaceSchema(self._tables, name, self._resolved)
+        return _NamespaceSchema(self, self._tables, name, self._resolved)

@@ -201,11 +201,11 @@ class SqlEngine:
 
     def new_context(
         self, default_schema: str, resolved: dict[TableIdent, Table] | None = None
-    ) -> SessionContext:
+    ) -> tuple[SessionContext, CatalogBridge]:
         ctx = base_context(self.config, (self.config.catalog_name, default_schema))
         bridge = CatalogBridge(self.tables, resolved or {})
         ctx.register_catalog_provider(self.config.catalog_name, bridge)
-        return ctx
+        return ctx, bridge
 
     def table_free_context(self, default_schema: str) -> SessionContext:
         """One context shared by the queries that name no table (`SELECT 1`, a pool's
@@ -213,7 +213,8 @@ class SqlEngine:
         a memory limit, which a context's memory pool enforces per query."""
         ctx = self._table_free.get(default_schema)
         if ctx is None:
-            ctx = self._table_free.setdefault(default_schema, self.new_context(default_schema))
+            ctx = self._table_free.setdefault(default_schema,
+                                              self.new_context(default_schema)[0])
         return ctx
 
     @overload
@@ -395,13 +396,15 @@ class Session:
         """A read-only query, planned and not run."""
         text = self._translate(sql)
         values = bound_values(parameters)
-        ctx, builds = self._context_for(text)
+        ctx, builds, bridge = self._context_for(text)
         with translated_errors():
             frame = ctx.sql(text, options=READ_ONLY, param_values=values or None)
             schema = plain_schema(frame.schema())
             rows = written_constants(frame, schema)
         key = None
-        if not values and not self.temporary and plans_alike(text, self.default_schema, builds):
+        if (not values and not self.temporary and bridge is not None
+                and not bridge.looked_up_lazily
+                and plans_alike(text, self.default_schema, builds)):
             key = (text, self.default_schema, frozenset(builds.items()))
         return PlannedQuery(sql=sql, schema=schema, frame=frame, rows=rows, text=text,
                             default_schema=self.default_schema, parameters=parameters,
@@ -483,15 +486,18 @@ class Session:
         which a context's memory pool enforces per run."""
         return self.engine.config.memory_limit_bytes is None
 
-    def _context_for(self, sql: str) -> tuple[SessionContext, dict[TableIdent, int]]:
-        """A context to plan `sql` in, and the build of each catalog table resolved in it."""
+    def _context_for(self, sql: str
+                     ) -> tuple[SessionContext, dict[TableIdent, int], CatalogBridge | None]:
+        """A context to plan `sql` in, the build of each catalog table resolved in it, and
+        its catalog (None for the context shared by queries that name no table)."""
         if (not self.temporary and self._contexts_shareable()
                 and all_referenced_tables(sql, self.default_schema) == frozenset()):
-            return self.engine.table_free_context(self.default_schema), {}
+            return self.engine.table_free_context(self.default_schema), {}, None
         with translated_errors():
             numbered = self.engine.resolve_tables(sql, self.default_schema)
         resolved = {ident: table for ident, (_, table) in numbered.items()}
         for name, rows in self.temporary.items():
             resolved[TableIdent(self.default_schema, name)] = self.engine.tables.memory_table(rows)
         builds = {ident: build for ident, (build, _) in numbered.items()}
-        return self.engine.new_context(self.default_schema, resolved), builds
+        ctx, bridge = self.engine.new_context(self.default_schema, resolved)
+        return ctx, builds, bridge

@@ -17,7 +17,8 @@ from catalog import (
     TableIdent,
     TableNotFound,
 )
-from engine import EngineConfig, SqlEngine
+from engine import EngineConfig, SqlEngine, references
+from engine import session as session_module
 from engine.arrow_types import conform_batch
 from engine.bridge import base_context
 from engine.errors import ObjectNotFound
@@ -336,3 +337,35 @@ def test_scans_of_several_tables_at_once_are_current(catalog: Catalog, tmp_path:
     assert again[orders] == first[orders]
     assert again[items].version != first[items].version
     assert again[items].version == catalog.scan(items).version
+
+
+def test_a_table_the_parser_missed_keeps_no_plan(engine: SqlEngine,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table DataFusion had to look up itself while planning (the SQL parser did not
+    see it, so its version is not in the plan's key) keeps the plan from being kept."""
+    items, other = TableIdent("public", "items"), TableIdent("public", "other")
+    for ident in (items, other):
+        engine.catalog.create_table(ident, ROWS.schema)
+        engine.catalog.append(ident, ROWS)
+
+    def only_items(sql: str, default_schema: str) -> frozenset[TableIdent]:
+        return frozenset({items})
+
+    monkeypatch.setattr(session_module, "referenced_tables", only_items)
+    monkeypatch.setattr(references, "all_referenced_tables", only_items)
+    text = "SELECT count(*) AS n FROM items, other"
+    assert engine.session().plan(text).plan_key is None
+    assert _rows(engine, text) == [{"n": 9}]
+
+
+def test_a_table_made_again_is_planned_with_its_new_columns(engine: SqlEngine) -> None:
+    """Both catalogs give a table dropped and made again a version of its own, so the
+    tables and plans kept for the first one are not used for it."""
+    ident = TableIdent("public", "remade")
+    engine.catalog.create_table(ident, ROWS.schema)
+    assert _rows(engine, "SELECT * FROM remade") == []
+    engine.catalog.drop_table(ident)
+    engine.catalog.create_table(ident, pa.schema([("x", pa.int32())]))
+    assert engine.session().plan("SELECT * FROM remade").schema.names == ["x"]
+    engine.catalog.append(ident, pa.table({"x": pa.array([7], pa.int32())}))
+    assert _rows(engine, "SELECT * FROM remade") == [{"x": 7}]

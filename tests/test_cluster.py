@@ -138,6 +138,24 @@ def test_join_inputs_found_small_are_broadcast(demo_warehouse: Path, tmp_path: P
         assert "over Flight" in server.log()
 
 
+def test_a_stage_planned_over_plain_strings_answers_right(
+        demo_warehouse: Path, tmp_path: Path, duck: duckdb.DuckDBPyConnection) -> None:
+    """At this limit customer and nation are broadcast into q7's join of the lineitem and
+    orders shuffles: a stage DataFusion cannot plan with its scans' strings read as
+    views, so its tasks plan it over plain strings. The answers are DuckDB's."""
+    args = ["--executors", "2", "--default-schema", "tpch", "--broadcast-limit", "200K"]
+    texts = tpch_queries(duck)
+    with running_server(demo_warehouse, tmp_path, args, TOKEN) as server:
+        with adbc_connect(server) as conn, conn.cursor() as cur:
+            cur.execute("EXPLAIN " + texts[7])
+            planned = dict(cur.fetchall())["distributed_plan"]
+            assert re.search(r"reads stage 1, stage 2, tpch.customer .*tpch.nation .*"
+                             r"tpch.nation", planned), planned
+            cur.execute(texts[7])
+            assert as_multiset(cur.fetchall()) == as_multiset(
+                duck.execute(texts[7]).fetchall())
+
+
 def test_reused_partitioning_matches_duckdb(cluster: RunningServer,
                                             duck: duckdb.DuckDBPyConnection) -> None:
     with adbc_connect(cluster) as conn, conn.cursor() as cur:

@@ -18,6 +18,7 @@ from catalog import TableIdent
 from engine.arrow_types import conform_batch, plain_schema, sized_batches, split_batch
 from engine.bridge import remove_orphan_links
 from engine.parameters import bound_values, number_placeholders
+from engine.physical_plans import KeptPlans, ShippedPlan
 from engine.references import defined_names, referenced_tables
 from engine.session import datafusion_text
 from engine.text_cache import KEPT_LENGTH, by_short_text
@@ -257,3 +258,16 @@ def test_defined_names() -> None:
     assert defined_names(text) == {"revenue", "Q"}
     assert defined_names("SELECT * FROM t") == frozenset()
     assert defined_names("SELEC (((") == frozenset()
+
+
+def test_kept_plans_go_least_recently_used_first_past_their_count_or_bytes() -> None:
+    plans = KeptPlans(max_plans=3, max_plan_bytes=100, max_bytes=250)
+    for key in "abc":
+        plans.keep(key, ShippedPlan(b"x" * 80, 1, False))
+    assert plans.get("a") is not None  # now the most recently used
+    plans.keep("d", ShippedPlan(b"x" * 80, 1, False))  # four plans: b goes
+    assert [plans.get(k) is not None for k in "abcd"] == [True, False, True, True]
+    plans.keep("e", ShippedPlan(b"x" * 100, 1, False))  # 340 bytes: two go, then 180
+    assert [plans.get(k) is not None for k in "acde"] == [False, False, True, True]
+    plans.keep("f", ShippedPlan(b"x" * 101, 1, False))  # too big to keep
+    assert plans.get("f") is None

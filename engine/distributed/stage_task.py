@@ -20,12 +20,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -42,6 +43,8 @@ from engine.distributed.ids import StageId
 from engine.distributed.planner import ScanSpec, input_name
 from engine.distributed.shuffle import open_shuffle_file
 from engine.errors import DataUnavailable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,8 @@ class _TaskContext:
 
 
 # Configurations differ by target partitions and rows per batch (engine.session's
-# result_batch_rows), a few in practice.
+# result_batch_rows, which sizes plain reads' batches by their rows' width): past this
+# many, the least recently used context goes (making one costs 0.5-1 ms).
 _CONTEXTS_KEPT = 8
 
 
@@ -143,12 +147,13 @@ class StageContexts:
         strings; TPC-H q22's customer stage took 74 ms, with views 33), unless DataFusion
         cannot plan the stage so (its type coercion fails on some Substrait plans over
         views: TPC-H q7's join of two nation scans); then they read plain strings."""
-        with self.frame(config, task, views=True) as (ctx, frame):
+        with ExitStack() as attempt:
             try:
+                ctx, frame = attempt.enter_context(self.frame(config, task, views=True))
                 plan = frame.execution_plan()
-            except Exception:
-                plan = None
-            if plan is not None:
+            except Exception as exc:  # a real error comes again from the plain attempt
+                log.debug("stage planned again over plain strings: %s", exc)
+            else:
                 yield ctx, plan
                 return
         with self.frame(config, task) as (ctx, frame):
