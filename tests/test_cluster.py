@@ -145,15 +145,14 @@ def test_a_stage_planned_over_plain_strings_answers_right(
     views, so its tasks plan it over plain strings. The answers are DuckDB's."""
     args = ["--executors", "2", "--default-schema", "tpch", "--broadcast-limit", "200K"]
     texts = tpch_queries(duck)
-    with running_server(demo_warehouse, tmp_path, args, TOKEN) as server:
-        with adbc_connect(server) as conn, conn.cursor() as cur:
-            cur.execute("EXPLAIN " + texts[7])
-            planned = dict(cur.fetchall())["distributed_plan"]
-            assert re.search(r"reads stage 1, stage 2, tpch.customer .*tpch.nation .*"
-                             r"tpch.nation", planned), planned
-            cur.execute(texts[7])
-            assert as_multiset(cur.fetchall()) == as_multiset(
-                duck.execute(texts[7]).fetchall())
+    with (running_server(demo_warehouse, tmp_path, args, TOKEN) as server,
+          adbc_connect(server) as conn, conn.cursor() as cur):
+        cur.execute("EXPLAIN " + texts[7])
+        planned = dict(cur.fetchall())["distributed_plan"]
+        assert re.search(r"reads stage 1, stage 2, tpch.customer .*tpch.nation .*"
+                         r"tpch.nation", planned), planned
+        cur.execute(texts[7])
+        assert as_multiset(cur.fetchall()) == as_multiset(duck.execute(texts[7]).fetchall())
 
 
 def test_reused_partitioning_matches_duckdb(cluster: RunningServer,

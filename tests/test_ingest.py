@@ -153,8 +153,11 @@ def test_temporary_tables_belong_to_their_session(ingest_server: RunningServer) 
                "adbc.flight.sql.authorization_header": f"Bearer {TOKEN}"}
     with flightsql.connect(ingest_server.uri, db_kwargs=cookies) as mine, \
             flightsql.connect(ingest_server.uri, db_kwargs=cookies) as theirs:
+        # A session option makes the session first: the ADBC driver keeps the cookie of
+        # an action's reply before the call returns, while an upload's reply cookie was
+        # once kept only after the next call had started (one run in many).
+        mine.adbc_connection.set_options(**{"adbc.flight.sql.session.option.schema": "public"})
         with mine.cursor() as cur:
-            # the reply to this upload carries the session cookie
             assert cur.adbc_ingest("scratch", _data(0, 3), mode="create", temporary=True) == 3
             assert cur.adbc_ingest("scratch", _data(3, 2), mode="append", temporary=True) == 2
         assert fetch_rows(mine, "SELECT count(*), max(id) FROM scratch") == [(5, 4)]
