@@ -143,10 +143,9 @@ class TableCache:
         """
         ident = scan.ident
         check_data_files(scan)
-        with self._lock:
-            cached = self._tables.get(ident)
-            if cached is not None and cached[0] == scan.version:
-                return cached[1:]
+        built = self._built(scan)
+        if built is not None:
+            return built
         table, folder = self._build(scan)
         build = next(self._builds)
         with self._lock:
@@ -162,14 +161,19 @@ class TableCache:
     def table_while_planning(self, ident: TableIdent) -> Table:
         """The table for a provider callback: cached, or else a pyarrow dataset scan."""
         scan = self.catalog.scan(ident)
-        with self._lock:
-            cached = self._tables.get(ident)
-            if cached is not None and cached[0] == scan.version:
-                return cached[2]
+        built = self._built(scan)
+        if built is not None:
+            return built[1]
         schema = plain_schema(scan.schema)
         if scan.arrow is not None:
             return Table(ds.dataset(scan.arrow.cast(schema)))
         return Table(ds.dataset(list(scan.data_files), schema=schema, format="parquet"))
+
+    def _built(self, scan: TableScan) -> tuple[int, Table] | None:
+        """The build kept for the version `scan` reads, and its number, if there is one."""
+        with self._lock:
+            kept = self._tables.get(scan.ident)
+        return kept[1:] if kept is not None and kept[0] == scan.version else None
 
     def memory_table(self, rows: pa.Table) -> Table:
         """`rows` as a table whose scans ship with a plan (a pyarrow dataset's do not)."""
