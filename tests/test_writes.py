@@ -76,6 +76,25 @@ def test_create_table_as_select(wconn: flightsql.Connection) -> None:
     assert fetch_rows(wconn, "DROP TABLE IF EXISTS tpch.finished") == [(0,)]
 
 
+def test_a_query_run_again_after_a_write_sees_it(wconn: flightsql.Connection) -> None:
+    """The same query text, run again over unchanged tables, reuses its physical plan;
+    after an insert (a new snapshot) the same text answers with the new rows, through
+    plain statements and through one prepared statement executed again."""
+    fetch_rows(wconn, "CREATE TABLE public.rerun (id BIGINT, v INT)")
+    fetch_rows(wconn, "INSERT INTO public.rerun VALUES (1, 10), (2, 20)")
+    text = "SELECT count(*) AS n, sum(v) AS s FROM public.rerun WHERE id > 0"
+    with wconn.cursor() as cur:
+        for _ in range(2):
+            assert fetch_rows(wconn, text) == [(2, 30)]
+            cur.execute(text)
+            assert cur.fetchall() == [(2, 30)]
+        fetch_rows(wconn, "INSERT INTO public.rerun VALUES (3, 30)")
+        assert fetch_rows(wconn, text) == [(3, 60)]
+        cur.execute(text)
+        assert cur.fetchall() == [(3, 60)]
+    fetch_rows(wconn, "DROP TABLE public.rerun")
+
+
 def test_a_table_made_again_is_read_with_its_new_columns(wconn: flightsql.Connection) -> None:
     """An empty table dropped and created again under its name has the new columns (both
     versions have no snapshot: the server must not serve the first one's columns)."""
