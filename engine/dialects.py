@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import cache
 
 import sqlglot
 from sqlglot import exp
@@ -16,8 +17,11 @@ DATAFUSION = "datafusion"
 _TARGET = "postgres"
 
 
-def supported_dialects() -> list[str]:
-    return sorted({name for name in Dialect.classes if name} | {DATAFUSION})
+@cache
+def supported_dialects() -> tuple[str, ...]:
+    """Asked at every call that names a session's dialect; sqlglot imports each of its
+    dialect modules to list them (0.1-0.2 ms), so the list is made once."""
+    return tuple(sorted({name for name in Dialect.classes if name} | {DATAFUSION}))
 
 
 def check_dialect(name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, replace
 from typing import overload
@@ -27,12 +28,14 @@ from engine.read_cache import ReadResults, plain_read
 from engine.references import all_referenced_tables, plans_alike, referenced_tables
 from engine.runner import StreamRunner, limits_check
 from engine.statements import WriteStatement, classify
-from engine.text_cache import by_short_text
+from engine.text_cache import KEPT_LENGTH, by_short_text
 from engine.translate import translated_errors
 from engine.workers import QueryWorkers
 from engine.writes import COUNT_SCHEMA, Writer, count_rows
 
 # Client SQL may only query: DDL, DML and SET would reach files and runtime settings.
+# Queries of written constants kept planned (SELECT 1 is planned at every prepare).
+_MAX_CONSTANT_QUERIES = 256
 READ_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 
 
@@ -187,6 +190,8 @@ class SqlEngine:
         self._physical_plans = KeptPlans()
         self.admission = Admission(config.max_running_queries, config.max_queued_queries)
         self._table_free: dict[str, SessionContext] = {}
+        self._constant_queries: dict[str, PlannedQuery] = {}
+        self._constant_queries_lock = threading.Lock()
 
     def session(self, default_schema: str | None = None, dialect: str = DATAFUSION,
                 temporary: dict[str, pa.Table] | None = None) -> Session:
@@ -216,6 +221,20 @@ class SqlEngine:
             ctx = self._table_free.setdefault(default_schema,
                                               self.new_context(default_schema)[0])
         return ctx
+
+    def constant_query(self, text: str) -> PlannedQuery | None:
+        """The kept plan of a query of written constants (`SELECT 1`, a connection pool's
+        liveness check): planning it again costs a tenth of a millisecond and gives the
+        same rows, whatever the session or the catalog."""
+        return self._constant_queries.get(text)
+
+    def keep_constant_query(self, query: PlannedQuery) -> None:
+        if len(query.text) > KEPT_LENGTH:
+            return
+        with self._constant_queries_lock:
+            if len(self._constant_queries) >= _MAX_CONSTANT_QUERIES:
+                del self._constant_queries[next(iter(self._constant_queries))]
+            self._constant_queries[query.text] = query
 
     @overload
     def stream(self, query: PlannedQuery, is_cancelled: Callable[[], bool]
@@ -396,6 +415,9 @@ class Session:
         """A read-only query, planned and not run."""
         text = self._translate(sql)
         values = bound_values(parameters)
+        constant = None if values else self.engine.constant_query(text)
+        if constant is not None:
+            return replace(constant, sql=sql, default_schema=self.default_schema)
         ctx, builds, bridge = self._context_for(text)
         with translated_errors():
             frame = ctx.sql(text, options=READ_ONLY, param_values=values or None)
@@ -406,9 +428,13 @@ class Session:
                 and not bridge.looked_up_lazily
                 and plans_alike(text, self.default_schema, builds)):
             key = (text, self.default_schema, frozenset(builds.items()))
-        return PlannedQuery(sql=sql, schema=schema, frame=frame, rows=rows, text=text,
-                            default_schema=self.default_schema, parameters=parameters,
-                            context=ctx if self._contexts_shareable() else None, plan_key=key)
+        planned = PlannedQuery(sql=sql, schema=schema, frame=frame, rows=rows, text=text,
+                               default_schema=self.default_schema, parameters=parameters,
+                               context=ctx if self._contexts_shareable() else None,
+                               plan_key=key)
+        if rows is not None and not values:
+            self.engine.keep_constant_query(planned)
+        return planned
 
     def execute(
         self,

@@ -177,6 +177,25 @@ def test_written_constants_are_planned_as_their_row(engine: SqlEngine) -> None:
         assert [b.to_pylist() for b in engine.stream(query, lambda: False)] == [[{"one": 1}]]
 
 
+def test_written_constants_are_planned_once_for_every_session(
+        engine: SqlEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A query of written constants is planned once by the engine: any session planning
+    the same DataFusion text again gets that plan, with its own statement and default
+    schema; queries of other kinds, and the oldest past the limit, plan afresh."""
+    monkeypatch.setattr(session_module, "_MAX_CONSTANT_QUERIES", 2)
+    first = engine.session().plan("SELECT 1 AS one")
+    again = engine.session("other", "mysql").plan("select 1 as one")
+    assert again.frame is first.frame and again.rows is first.rows
+    assert (again.sql, again.default_schema) == ("select 1 as one", "other")
+    assert engine.session().plan("SELECT now() AS t").frame is not (
+        engine.session().plan("SELECT now() AS t").frame)
+    engine.session().plan("SELECT 2 AS two")
+    engine.session().plan("SELECT 3 AS three")
+    replanned = engine.session().plan("SELECT 1 AS one")
+    assert replanned.frame is not first.frame
+    assert replanned.rows is not None and replanned.rows.to_pylist() == [{"one": 1}]
+
+
 def test_only_the_latest_prepared_statements_keep_their_plans(
         engine: SqlEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     """A kept plan holds a DataFusion context, so only the most recently prepared
