@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 
 import pyarrow as pa
@@ -105,13 +105,13 @@ class FlightSqlHandler:
             return self._prepared.result_schema(command)
         return self._plan(call, command).schema
 
-    def do_get(self, call: Call, ticket: bytes) -> tuple[pa.Schema, Iterator[ResultBatch]]:
+    def do_get(self, call: Call, ticket: bytes) -> tuple[pa.Schema, Iterable[ResultBatch]]:
         command = unpack(ticket)
         if isinstance(command, sql.TicketStatementQuery):
             return self._statements.stream(command, call.is_cancelled)
         if isinstance(command, METADATA_COMMANDS):
             rows = self._metadata.rows_for(command)
-            return rows.schema, iter(rows.to_batches())
+            return rows.schema, rows.to_batches()
         raise InvalidArgument(f"{type(command).__name__} is not a ticket")
 
     def do_put(self, call: Call, upload: PutStream) -> Iterator[bytes]:
@@ -144,7 +144,7 @@ class FlightSqlHandler:
         count = session.write(statement, command.query, None, call.is_cancelled)
         return sql.DoPutUpdateResult(record_count=count)
 
-    def do_action(self, call: Call, kind: str, body: bytes) -> Iterator[bytes]:
+    def do_action(self, call: Call, kind: str, body: bytes) -> list[bytes]:
         if kind in CONTROL_ACTIONS:
             if self._cluster is None:
                 raise Unimplemented("this server runs queries embedded; it has no executors")
@@ -152,8 +152,8 @@ class FlightSqlHandler:
                 raise PermissionDenied("executor control calls need the executor task token")
             if kind == METRICS:
                 counters = {**self._cluster.metrics(), "sessions": self._sessions.count()}
-                return iter([json.dumps(counters).encode()])
-            return iter([self._cluster.control(kind, body)])
+                return [json.dumps(counters).encode()]
+            return [self._cluster.control(kind, body)]
         if kind == CREATE_PREPARED:
             request = unpack(body)
             if not isinstance(request, sql.ActionCreatePreparedStatementRequest):
@@ -162,27 +162,27 @@ class FlightSqlHandler:
                 raise Unimplemented("transactions are not supported")
             if self._cluster is None:
                 self.engine.admission.refuse_if_full()
-            return iter([pack(self._prepared.create(self._sessions.session_for(call), request))])
+            return [pack(self._prepared.create(self._sessions.session_for(call), request))]
         if kind == CLOSE_PREPARED:
             request = unpack(body)
             if not isinstance(request, sql.ActionClosePreparedStatementRequest):
                 raise InvalidArgument("ClosePreparedStatement needs its request message")
             self._prepared.close(request)
-            return iter([])
+            return []
         # Flight's session actions carry plain (not Any-wrapped) messages.
         if kind == SET_SESSION_OPTIONS:
             request = parse_plain(fpb.SetSessionOptionsRequest, body)
             assert isinstance(request, fpb.SetSessionOptionsRequest)
-            return iter([self._sessions.set_options(call, request).SerializeToString()])
+            return [self._sessions.set_options(call, request).SerializeToString()]
         if kind == GET_SESSION_OPTIONS:
             parse_plain(fpb.GetSessionOptionsRequest, body)
-            return iter([self._sessions.get_options(call).SerializeToString()])
+            return [self._sessions.get_options(call).SerializeToString()]
         if kind == CANCEL_FLIGHT_INFO:
             cancel = parse_plain(fpb.CancelFlightInfoRequest, body)
             assert isinstance(cancel, fpb.CancelFlightInfoRequest)
             status = (fpb.CANCEL_STATUS_CANCELLED if self._statements.cancel(cancel.info)
                       else fpb.CANCEL_STATUS_NOT_CANCELLABLE)
-            return iter([fpb.CancelFlightInfoResult(status=status).SerializeToString()])
+            return [fpb.CancelFlightInfoResult(status=status).SerializeToString()]
         if kind == CANCEL_QUERY:
             legacy = unpack(body)
             if not isinstance(legacy, sql.ActionCancelQueryRequest):
@@ -192,10 +192,10 @@ class FlightSqlHandler:
             result = (sql.ActionCancelQueryResult.CANCEL_RESULT_CANCELLED
                       if self._statements.cancel(info)
                       else sql.ActionCancelQueryResult.CANCEL_RESULT_NOT_CANCELLABLE)
-            return iter([pack(sql.ActionCancelQueryResult(result=result))])
+            return [pack(sql.ActionCancelQueryResult(result=result))]
         if kind == CLOSE_SESSION:
             parse_plain(fpb.CloseSessionRequest, body)
-            return iter([self._sessions.close(call).SerializeToString()])
+            return [self._sessions.close(call).SerializeToString()]
         raise Unimplemented(f"unknown action type: {kind[:100]}")
 
     def list_actions(self) -> list[tuple[str, str]]:

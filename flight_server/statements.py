@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -47,9 +47,15 @@ class Statements:
 
     def stream(
         self, ticket: sql.TicketStatementQuery, is_cancelled: Callable[[], bool]
-    ) -> tuple[pa.Schema, Iterator[ResultBatch]]:
+    ) -> tuple[pa.Schema, Iterable[ResultBatch]]:
+        """The result of the statement behind `ticket`: a list when known at planning
+        (written constants, a write's count), else batches as they are computed."""
         handle = ticket.statement_handle
         pending = self._planned.get(handle)
+        query = pending.query
+        if query.rows is not None and (self._cluster is None or query.frame is None):
+            self._planned.remove_if_present(handle)
+            return query.schema, query.rows.to_batches()
 
         def cancelled() -> bool:
             return pending.cancelled.is_set() or is_cancelled()

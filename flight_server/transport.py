@@ -9,7 +9,7 @@ C++ server (0.5-0.9 of its MB/s here, bench/RESULTS.md); larger messages narrow 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from engine.arrow_types import ResultBatch
 from flight_server.errors import ClientError, Unimplemented, to_client_error
+from flight_server.final_message import message_bytes, send_final_with_status, with_final
 from flight_server.generated import Flight_pb2 as fpb
 from flight_server.ipc import PutStream, encode_stream, schema_bytes
 
@@ -52,11 +53,15 @@ class FlightHandler(Protocol):
 
     def do_get(
         self, call: Call, ticket: bytes
-    ) -> tuple[pa.Schema, Iterator[ResultBatch]]: ...
+    ) -> tuple[pa.Schema, Iterable[ResultBatch]]:
+        """The result's schema and batches: a list when all are known already."""
+        ...
 
     def do_put(self, call: Call, upload: PutStream) -> Iterator[bytes]: ...
 
-    def do_action(self, call: Call, kind: str, body: bytes) -> Iterator[bytes]: ...
+    def do_action(self, call: Call, kind: str, body: bytes) -> Iterable[bytes]:
+        """The action's results: a list when all are known already."""
+        ...
 
     def list_actions(self) -> list[tuple[str, str]]: ...
 
@@ -108,12 +113,14 @@ class FlightService:
         return serve
 
     def _streaming(
-        self, method: Callable[[Call, Any], Iterator[Any]]
+        self, method: Callable[[Call, Any], Iterable[Any]]
     ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
         def serve(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
                 call = self._start(context)
-                results = iter(method(call, request))
+                answer = method(call, request)
+                # All known: the last goes out with the status (final_message).
+                results = with_final(answer) if isinstance(answer, list) else iter(answer)
                 first = next(results, None)
                 self._send_headers(call, context)
                 if first is not None:
@@ -146,9 +153,10 @@ class FlightService:
     def get_schema(self, call: Call, descriptor: fpb.FlightDescriptor) -> fpb.SchemaResult:
         return fpb.SchemaResult(schema=schema_bytes(self._handler.get_schema(call, descriptor)))
 
-    def do_get(self, call: Call, ticket: fpb.Ticket) -> Iterator[bytes]:
+    def do_get(self, call: Call, ticket: fpb.Ticket) -> Iterable[bytes]:
         schema, batches = self._handler.do_get(call, ticket.ticket)
-        return encode_stream(schema, batches)
+        messages = encode_stream(schema, batches)
+        return list(messages) if isinstance(batches, list) else messages
 
     def do_put(self, call: Call, messages: Iterator[bytes]) -> Iterator[fpb.PutResult]:
         upload = PutStream(messages)
@@ -158,32 +166,31 @@ class FlightService:
     def do_exchange(self, call: Call, messages: Iterator[fpb.FlightData]) -> Iterator[bytes]:
         raise Unimplemented("DoExchange is not supported")
 
-    def do_action(self, call: Call, action: fpb.Action) -> Iterator[fpb.Result]:
-        for body in self._handler.do_action(call, action.type, action.body):
-            yield fpb.Result(body=body)
+    def do_action(self, call: Call, action: fpb.Action) -> Iterable[fpb.Result]:
+        bodies = self._handler.do_action(call, action.type, action.body)
+        results = (fpb.Result(body=body) for body in bodies)
+        return list(results) if isinstance(bodies, list) else results
 
-    def list_actions(self, call: Call, empty: fpb.Empty) -> Iterator[fpb.ActionType]:
-        for kind, description in self._handler.list_actions():
-            yield fpb.ActionType(type=kind, description=description)
+    def list_actions(self, call: Call, empty: fpb.Empty) -> list[fpb.ActionType]:
+        return [fpb.ActionType(type=kind, description=description)
+                for kind, description in self._handler.list_actions()]
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
-        def ser(message: Any) -> bytes:
-            return message if isinstance(message, bytes) else message.SerializeToString()
-
         def unary(method: Callable[..., Any], request: Any) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method), request_deserializer=request.FromString,
-                response_serializer=ser)
+                response_serializer=message_bytes)
 
         def out_stream(method: Callable[..., Any], request: Any) -> grpc.RpcMethodHandler:
             return grpc.unary_stream_rpc_method_handler(
                 self._streaming(method), request_deserializer=request.FromString,
-                response_serializer=ser)
+                response_serializer=message_bytes)
 
         def both_streams(method: Callable[..., Any], parse: Callable[[bytes], Any]
                          ) -> grpc.RpcMethodHandler:
             return grpc.stream_stream_rpc_method_handler(
-                self._streaming(method), request_deserializer=parse, response_serializer=ser)
+                self._streaming(method), request_deserializer=parse,
+                response_serializer=message_bytes)
 
         return grpc.method_handlers_generic_handler(SERVICE, {
             "Handshake": both_streams(self.handshake, fpb.HandshakeRequest.FromString),
@@ -230,6 +237,7 @@ def start_flight_server(
     service: FlightService, host: str, port: int, config: TransportConfig
 ) -> tuple[grpc.Server, int]:
     """A started gRPC server for `service`, and the port it bound."""
+    send_final_with_status()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="flight"),
         options=[
