@@ -96,7 +96,7 @@ class ShuffleHandler:
     def do_put(self, call: Call, upload: PutStream) -> Iterator[bytes]:
         raise Unimplemented("an executor serves shuffle data by DoGet only")
 
-    def do_action(self, call: Call, kind: str, body: bytes) -> Iterator[bytes]:
+    def do_action(self, call: Call, kind: str, body: bytes) -> list[bytes]:
         if kind in (RUN_TASK, CANCEL_TASK, DROP_JOB) and self.agent is not None:
             if call.identity not in (EXECUTOR_IDENTITY, "anonymous"):
                 raise Unauthenticated("only the coordinator may run tasks here")
@@ -106,7 +106,7 @@ class ShuffleHandler:
                 self.agent.cancel_task(body)
             else:
                 self.agent.drop_job(body)
-            return iter([b"{}"])
+            return [b"{}"]
         raise Unimplemented(f"unknown action type: {kind[:100]}")
 
     def list_actions(self) -> list[tuple[str, str]]:

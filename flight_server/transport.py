@@ -158,10 +158,11 @@ class FlightService:
         messages = encode_stream(schema, batches)
         return list(messages) if isinstance(batches, list) else messages
 
-    def do_put(self, call: Call, messages: Iterator[bytes]) -> Iterator[fpb.PutResult]:
+    def do_put(self, call: Call, messages: Iterator[bytes]) -> list[fpb.PutResult]:
+        # A Flight SQL upload is answered once it is read whole: all known by then.
         upload = PutStream(messages)
-        for metadata in self._handler.do_put(call, upload):
-            yield fpb.PutResult(app_metadata=metadata)
+        return [fpb.PutResult(app_metadata=metadata)
+                for metadata in self._handler.do_put(call, upload)]
 
     def do_exchange(self, call: Call, messages: Iterator[fpb.FlightData]) -> Iterator[bytes]:
         raise Unimplemented("DoExchange is not supported")
