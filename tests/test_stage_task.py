@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from datafusion import SessionContext
+from datafusion import DataFrame, SessionContext
 from datafusion import substrait as ds_substrait
 
 from engine import EngineConfig
@@ -152,3 +155,36 @@ def test_a_worker_keeps_a_context_per_configuration_and_a_few_at_most() -> None:
     assert contexts.context(EngineConfig(batch_size=1024)) is not first
     ctx = contexts.context(EngineConfig(batch_size=7))
     assert ctx.sql("SELECT 41 + 1 AS n").to_pydict() == {"n": [42]}
+
+
+def test_a_stage_that_cannot_plan_over_views_plans_its_next_tasks_plain_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage plan that fails over string views (as DataFusion's type coercion does for
+    some) is planned over plain strings; the worker remembers it, so the stage's next
+    tasks skip the attempt over views, while other stages still try views first."""
+    schema = pa.schema([pa.field("a", pa.int64())])
+    files = [_parquet(tmp_path / "1.parquet", [1, 2])]
+    tries: list[bool] = []
+    plain_frame = StageContexts.frame
+
+    @contextmanager
+    def frame(self: StageContexts, config: EngineConfig, task: StageTask, views: bool = False
+              ) -> Iterator[tuple[SessionContext, DataFrame]]:
+        tries.append(views)
+        if views and task.target_partitions == 2:
+            raise ValueError("cannot be planned over views")
+        with plain_frame(self, config, task, views) as made:
+            yield made
+
+    monkeypatch.setattr(StageContexts, "frame", frame)
+    contexts = StageContexts()
+    failing = _scan_task(tmp_path, files, schema)
+    scratch_ctx = SessionContext()
+    scratch_ctx.register_parquet("__scan_0", str(files[0]), schema=schema)
+    logical = scratch_ctx.sql("SELECT max(a) AS total FROM __scan_0").optimized_logical_plan()
+    other = replace(failing, target_partitions=1,
+                    plan=ds_substrait.Producer.to_substrait_plan(logical, scratch_ctx).encode())
+    for task in (failing, failing, other):
+        with contexts.physical_plan(EngineConfig(), task) as (_, plan):
+            assert "total" in plan.display_indent()
+    assert tries == [True, False, False, True]

@@ -118,6 +118,9 @@ class _TaskContext:
 # result_batch_rows, which sizes plain reads' batches by their rows' width): past this
 # many, the least recently used context goes (making one costs 0.5-1 ms).
 _CONTEXTS_KEPT = 8
+# Stage plans DataFusion could not plan over string views, remembered (by digest) so
+# that their other tasks plan over plain strings at once.
+_PLAIN_ONLY_KEPT = 256
 
 
 class StageContexts:
@@ -126,6 +129,7 @@ class StageContexts:
 
     def __init__(self) -> None:
         self._contexts: dict[EngineConfig, _TaskContext] = {}
+        self._plain_only: OrderedDict[bytes, None] = OrderedDict()
 
     def context(self, config: EngineConfig) -> SessionContext:
         """The context kept for `config` (making one costs 0.5-1 ms in a worker)."""
@@ -147,15 +151,20 @@ class StageContexts:
         strings; TPC-H q22's customer stage took 74 ms, with views 33), unless DataFusion
         cannot plan the stage so (its type coercion fails on some Substrait plans over
         views: TPC-H q7's join of two nation scans); then they read plain strings."""
-        with ExitStack() as attempt:
-            try:
-                ctx, frame = attempt.enter_context(self.frame(config, task, views=True))
-                plan = frame.execution_plan()
-            except Exception as exc:  # a real error comes again from the plain attempt
-                log.debug("stage planned again over plain strings: %s", exc)
-            else:
-                yield ctx, plan
-                return
+        digest = hashlib.sha256(task.plan).digest()
+        if digest not in self._plain_only:
+            with ExitStack() as attempt:
+                try:
+                    ctx, frame = attempt.enter_context(self.frame(config, task, views=True))
+                    plan = frame.execution_plan()
+                except Exception as exc:  # a real error comes again from the plain attempt
+                    log.debug("stage planned again over plain strings: %s", exc)
+                    self._plain_only[digest] = None
+                    if len(self._plain_only) > _PLAIN_ONLY_KEPT:
+                        self._plain_only.popitem(last=False)
+                else:
+                    yield ctx, plan
+                    return
         with self.frame(config, task) as (ctx, frame):
             yield ctx, frame.execution_plan()
 
