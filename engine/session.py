@@ -417,7 +417,8 @@ class Session:
         values = bound_values(parameters)
         constant = None if values else self.engine.constant_query(text)
         if constant is not None:
-            return replace(constant, sql=sql, default_schema=self.default_schema)
+            return replace(constant, sql=sql, default_schema=self.default_schema,
+                           parameters=parameters)
         ctx, builds, bridge = self._context_for(text)
         with translated_errors():
             frame = ctx.sql(text, options=READ_ONLY, param_values=values or None)
@@ -432,7 +433,9 @@ class Session:
                                default_schema=self.default_schema, parameters=parameters,
                                context=ctx if self._contexts_shareable() else None,
                                plan_key=key)
-        if rows is not None and not values:
+        if rows is not None and not values and bridge is None:
+            # Only plans of the shared table-free context: a session's own context holds
+            # its temporary tables, which a kept frame would keep from being freed.
             self.engine.keep_constant_query(planned)
         return planned
 

@@ -97,9 +97,15 @@ def _send_loop(take: Callable[..., tuple[Any, bool]], status: Callable[..., None
             if not proceed:
                 return
             if isinstance(response, Final):
-                status(rpc_event, state, message_bytes(response))
-                for _ in responses:  # lets the handler's generator finish; nothing follows
-                    pass
+                try:
+                    data = message_bytes(response)
+                except Exception:  # grpcio's own path ends the call with INTERNAL
+                    send_response(response.message)
+                    return
+                status(rpc_event, state, data)
+                for extra in responses:  # lets the handler's generator finish
+                    log.error("a message after a stream's Final was dropped (%s)",
+                              type(extra).__name__)
                 return
             send_response(response)
             if not active(state):

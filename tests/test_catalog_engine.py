@@ -189,6 +189,13 @@ def test_written_constants_are_planned_once_for_every_session(
     assert (again.sql, again.default_schema) == ("select 1 as one", "other")
     assert engine.session().plan("SELECT now() AS t").frame is not (
         engine.session().plan("SELECT now() AS t").frame)
+    # A session with temporary tables plans in a context of its own, holding them: its
+    # plan is not kept (a kept frame would keep those tables from being freed).
+    temporary = engine.session(temporary={"t": pa.table({"a": [1]})})
+    own = temporary.plan("SELECT 4 AS four")
+    assert own.rows is not None and engine.session().plan("SELECT 4 AS four").frame is not (
+        own.frame)
+    assert temporary.plan("SELECT 1 AS one").frame is first.frame
     engine.session().plan("SELECT 2 AS two")
     engine.session().plan("SELECT 3 AS three")
     replanned = engine.session().plan("SELECT 1 AS one")

@@ -152,21 +152,27 @@ class StageContexts:
         cannot plan the stage so (its type coercion fails on some Substrait plans over
         views: TPC-H q7's join of two nation scans); then they read plain strings."""
         digest = hashlib.sha256(task.plan).digest()
+        views_failed = False
         if digest not in self._plain_only:
             with ExitStack() as attempt:
                 try:
                     ctx, frame = attempt.enter_context(self.frame(config, task, views=True))
                     plan = frame.execution_plan()
+                except (DataUnavailable, OSError):
+                    raise  # missing files: no planning over plain strings finds them
                 except Exception as exc:  # a real error comes again from the plain attempt
                     log.debug("stage planned again over plain strings: %s", exc)
-                    self._plain_only[digest] = None
-                    if len(self._plain_only) > _PLAIN_ONLY_KEPT:
-                        self._plain_only.popitem(last=False)
+                    views_failed = True
                 else:
                     yield ctx, plan
                     return
         with self.frame(config, task) as (ctx, frame):
-            yield ctx, frame.execution_plan()
+            plan = frame.execution_plan()
+            if views_failed:  # remembered once planning over plain strings has worked
+                self._plain_only[digest] = None
+                if len(self._plain_only) > _PLAIN_ONLY_KEPT:
+                    self._plain_only.popitem(last=False)
+            yield ctx, plan
 
     @contextmanager
     def frame(self, config: EngineConfig, task: StageTask, views: bool = False
