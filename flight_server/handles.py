@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from typing import Generic, TypeVar
 
 from flight_server.errors import NotFound
@@ -13,30 +14,35 @@ V = TypeVar("V")
 
 
 class HandleStore(Generic[V]):
-    """Values by random handle, forgotten after `ttl_s` without use."""
+    """Values by random handle, forgotten after `ttl_s` without use.
+
+    Entries are kept least recently used first, so expiring looks only at the stale
+    ones: a sweep over all of them at every call cost time in proportion to the handles
+    open (clients such as JDBC pools keep prepared statements open for long)."""
 
     def __init__(self, kind: str, ttl_s: float) -> None:
         self._kind = kind
         self._ttl_s = ttl_s
         self._lock = threading.Lock()
-        self._entries: dict[bytes, tuple[float, V]] = {}
+        self._entries: OrderedDict[bytes, tuple[float, V]] = OrderedDict()
 
     def add(self, value: V) -> bytes:
         handle = uuid.uuid4().bytes
-        now = time.monotonic()
         with self._lock:
+            now = time.monotonic()  # taken under the lock: entries stay in time order
             self._expire(now)
             self._entries[handle] = (now, value)
         return handle
 
     def get(self, handle: bytes) -> V:
-        now = time.monotonic()
         with self._lock:
+            now = time.monotonic()
             self._expire(now)
             entry = self._entries.get(handle)
             if entry is None:
                 raise NotFound(f"unknown or expired {self._kind} handle")
             self._entries[handle] = (now, entry[1])
+            self._entries.move_to_end(handle)
             return entry[1]
 
     def remove(self, handle: bytes) -> V:
@@ -55,6 +61,8 @@ class HandleStore(Generic[V]):
             return len(self._entries)
 
     def _expire(self, now: float) -> None:
-        stale = [h for h, (used, _) in self._entries.items() if now - used > self._ttl_s]
-        for handle in stale:
+        while self._entries:
+            handle, (used, _) = next(iter(self._entries.items()))
+            if now - used <= self._ttl_s:
+                return
             del self._entries[handle]

@@ -22,10 +22,12 @@ from engine.physical_plans import KeptPlans, ShippedPlan
 from engine.references import defined_names, referenced_tables
 from engine.session import datafusion_text
 from engine.text_cache import KEPT_LENGTH, by_short_text
+from flight_server import handles
 from flight_server.cluster import SMALL_INPUT_BYTES, task_streams
 from flight_server.config import ConfigError, auth_config, parse_size, parse_users, split_tokens
-from flight_server.errors import InvalidArgument
+from flight_server.errors import InvalidArgument, NotFound
 from flight_server.generated import Flight_pb2 as fpb
+from flight_server.handles import HandleStore
 from flight_server.ipc import _upload
 from flight_server.metadata import like_matcher
 from tests.reference import matches, order_keys
@@ -271,3 +273,26 @@ def test_kept_plans_go_least_recently_used_first_past_their_count_or_bytes() -> 
     assert [plans.get(k) is not None for k in "acde"] == [False, False, True, True]
     plans.keep("f", ShippedPlan(b"x" * 101, 1, False))  # too big to keep
     assert plans.get("f") is None
+
+
+def test_handles_are_forgotten_after_their_time_unused_and_kept_while_used(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handle lives `ttl_s` from its last use: using one keeps it, however many were
+    made before or after it, while the unused ones go."""
+    clock = [100.0]
+    monkeypatch.setattr(handles.time, "monotonic", lambda: clock[0])
+    store: HandleStore[int] = HandleStore("statement", ttl_s=10.0)
+    made = [store.add(n) for n in range(1000)]
+    clock[0] = 108.0
+    assert store.get(made[0]) == 0 and store.get(made[500]) == 500
+    late = store.add(1000)
+    clock[0] = 115.0
+    assert store.get(made[0]) == 0  # used at 108: still alive at 115
+    assert len(store) == 3  # the 998 unused since 100 are gone
+    with pytest.raises(NotFound, match="unknown or expired statement handle"):
+        store.get(made[1])
+    clock[0] = 124.0
+    assert store.get(made[0]) == 0
+    assert len(store) == 1  # made[500] (used at 108) and late (108) expired
+    with pytest.raises(NotFound):
+        store.get(late)
