@@ -33,9 +33,9 @@ from engine.translate import translated_errors
 from engine.workers import QueryWorkers
 from engine.writes import COUNT_SCHEMA, Writer, count_rows
 
-# Client SQL may only query: DDL, DML and SET would reach files and runtime settings.
 # Queries of written constants kept planned (SELECT 1 is planned at every prepare).
 _MAX_CONSTANT_QUERIES = 256
+# Client SQL may only query: DDL, DML and SET would reach files and runtime settings.
 READ_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 
 

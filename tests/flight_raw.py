@@ -50,23 +50,44 @@ def create_prepared(client: flight.FlightClient, query: str, options: flight.Fli
     return result
 
 
+Metadata = list[tuple[str, str]]
+
+
+def grpc_flight_info(channel: grpc.Channel, command: bytes, metadata: Metadata
+                     ) -> fpb.FlightInfo:
+    """GetFlightInfo for a command, with grpcio (exact statuses, every message seen)."""
+    call = channel.unary_unary(f"{_SERVICE}/GetFlightInfo",
+                               request_serializer=fpb.FlightDescriptor.SerializeToString,
+                               response_deserializer=fpb.FlightInfo.FromString)
+    return call(fpb.FlightDescriptor(type=fpb.FlightDescriptor.CMD, cmd=command),
+                metadata=metadata)
+
+
+def grpc_do_get(channel: grpc.Channel, ticket: fpb.Ticket, metadata: Metadata
+                ) -> list[fpb.FlightData]:
+    call = channel.unary_stream(f"{_SERVICE}/DoGet",
+                                request_serializer=fpb.Ticket.SerializeToString,
+                                response_deserializer=fpb.FlightData.FromString)
+    return list(call(ticket, metadata=metadata))
+
+
+def grpc_action(channel: grpc.Channel, kind: str, body: bytes, metadata: Metadata
+                ) -> list[fpb.Result]:
+    call = channel.unary_stream(f"{_SERVICE}/DoAction",
+                                request_serializer=fpb.Action.SerializeToString,
+                                response_deserializer=fpb.Result.FromString)
+    return list(call(fpb.Action(type=kind, body=body), metadata=metadata))
+
+
 def grpc_status_of_query(port: int, query: str, token: str) -> tuple[grpc.StatusCode, str]:
     """The exact gRPC status of running `query` (GetFlightInfo, then DoGet) with grpcio."""
     metadata = [("authorization", f"Bearer {token}")]
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        get_info = channel.unary_unary(f"{_SERVICE}/GetFlightInfo",
-                                       request_serializer=fpb.FlightDescriptor.SerializeToString,
-                                       response_deserializer=fpb.FlightInfo.FromString)
-        do_get = channel.unary_stream(f"{_SERVICE}/DoGet",
-                                      request_serializer=fpb.Ticket.SerializeToString,
-                                      response_deserializer=fpb.FlightData.FromString)
-        descriptor = fpb.FlightDescriptor(
-            type=fpb.FlightDescriptor.CMD, cmd=pack(sql.CommandStatementQuery(query=query)))
-        info = get_info(descriptor, metadata=metadata)
+        info = grpc_flight_info(channel, pack(sql.CommandStatementQuery(query=query)),
+                                metadata)
         for endpoint in info.endpoint:
-            for _ in do_get(endpoint.ticket, metadata=metadata):
-                pass
+            grpc_do_get(channel, endpoint.ticket, metadata)
     except grpc.RpcError as err:
         return err.code(), err.details() or ""
     finally:

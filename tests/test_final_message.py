@@ -22,10 +22,9 @@ from flight_server.protocol import pack
 from flight_server.server import FlightSqlHandler
 from flight_server.transport import FlightService, TransportConfig, start_flight_server
 from tests.conftest import TOKEN
-from tests.flight_raw import bearer
+from tests.flight_raw import bearer, grpc_action, grpc_do_get, grpc_flight_info
 from tests.servers import RunningServer
 
-_SERVICE = "/arrow.flight.protocol.FlightService"
 _METADATA = [("authorization", f"Bearer {TOKEN}")]
 
 
@@ -36,25 +35,15 @@ def channel(server: RunningServer) -> Iterator[grpc.Channel]:
 
 
 def _action(channel: grpc.Channel, kind: str, body: bytes) -> list[fpb.Result]:
-    call = channel.unary_stream(f"{_SERVICE}/DoAction",
-                                request_serializer=fpb.Action.SerializeToString,
-                                response_deserializer=fpb.Result.FromString)
-    return list(call(fpb.Action(type=kind, body=body), metadata=_METADATA))
+    return grpc_action(channel, kind, body, _METADATA)
 
 
 def _do_get(channel: grpc.Channel, ticket: fpb.Ticket) -> list[fpb.FlightData]:
-    call = channel.unary_stream(f"{_SERVICE}/DoGet",
-                                request_serializer=fpb.Ticket.SerializeToString,
-                                response_deserializer=fpb.FlightData.FromString)
-    return list(call(ticket, metadata=_METADATA))
+    return grpc_do_get(channel, ticket, _METADATA)
 
 
 def _flight_info(channel: grpc.Channel, command: bytes) -> fpb.FlightInfo:
-    call = channel.unary_unary(f"{_SERVICE}/GetFlightInfo",
-                               request_serializer=fpb.FlightDescriptor.SerializeToString,
-                               response_deserializer=fpb.FlightInfo.FromString)
-    descriptor = fpb.FlightDescriptor(type=fpb.FlightDescriptor.CMD, cmd=command)
-    return call(descriptor, metadata=_METADATA)
+    return grpc_flight_info(channel, command, _METADATA)
 
 
 def test_the_installed_grpcio_sends_final_messages_with_the_status() -> None:
