@@ -14,6 +14,7 @@ import multiprocessing
 import statistics
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -56,6 +57,9 @@ class _TableHandler:
 
     def list_actions(self) -> list[tuple[str, str]]:
         return []
+
+    def answers_at_once(self, method: str, request: Any) -> bool:
+        return False
 
 
 class _PyarrowServer(flight.FlightServerBase):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -108,6 +109,9 @@ class ShuffleHandler:
                 self.agent.drop_job(body)
             return [b"{}"]
         raise Unimplemented(f"unknown action type: {kind[:100]}")
+
+    def answers_at_once(self, method: str, request: Any) -> bool:
+        return False  # shuffle reads and task actions touch files
 
     def list_actions(self) -> list[tuple[str, str]]:
         return []

@@ -12,7 +12,7 @@ import pyarrow as pa
 from engine import PlannedQuery, Session
 from engine.session import planned_again
 from engine.writes import COUNT_SCHEMA
-from flight_server.errors import InvalidArgument
+from flight_server.errors import InvalidArgument, NotFound
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.handles import HandleStore
 from flight_server.ipc import PutStream, schema_bytes
@@ -115,6 +115,18 @@ class PreparedStatements:
         if kept is not None:
             return kept
         return statement.session.execute(statement.query, statement.parameters, is_cancelled)
+
+    def kept_constant(self, command: sql.CommandPreparedStatementQuery) -> PlannedQuery | None:
+        """The statement's kept plan if it is open, has no parameters bound and its rows
+        were made at planning (written constants: no table whose version to read)."""
+        try:
+            statement = self._statements.get(command.prepared_statement_handle)
+        except NotFound:
+            return None
+        kept = statement.kept
+        if kept is None or statement.parameters is not None or kept.query.rows is None:
+            return None
+        return kept.query
 
     def update(
         self,

@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import pyarrow as pa
 
@@ -91,6 +92,29 @@ class FlightSqlHandler:
             self.engine.admission.refuse_if_full()
         return self._statements.flight_info(self._plan(call, command), descriptor,
                                             call.is_cancelled)
+
+    def answers_at_once(self, method: str, request: Any) -> bool:
+        """Quick answers: a metadata command's FlightInfo (its schema), preparing a
+        constant planned before, a prepared constant's FlightInfo, a constant's rows,
+        closing a prepared statement."""
+        if method == "GetFlightInfo":
+            command = command_of(request)
+            if isinstance(command, METADATA_COMMANDS):
+                return True
+            if isinstance(command, sql.CommandPreparedStatementQuery):
+                kept = self._prepared.kept_constant(command)
+                return kept is not None and self._statements.answered_at_planning(kept)
+        elif method == "DoGet":
+            ticket = unpack(request.ticket)
+            return (isinstance(ticket, sql.TicketStatementQuery)
+                    and self._statements.rows_known(ticket))
+        elif method == "DoAction" and request.type == CREATE_PREPARED:
+            prepare = unpack(request.body)
+            return (isinstance(prepare, sql.ActionCreatePreparedStatementRequest)
+                    and self.engine.constant_query(prepare.query) is not None)
+        elif method == "DoAction":
+            return bool(request.type == CLOSE_PREPARED)
+        return False
 
     def get_schema(self, call: Call, descriptor: fpb.FlightDescriptor) -> pa.Schema:
         command = command_of(descriptor)

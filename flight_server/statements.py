@@ -53,7 +53,8 @@ class Statements:
         handle = ticket.statement_handle
         pending = self._planned.get(handle)
         query = pending.query
-        if query.rows is not None and (self._cluster is None or query.frame is None):
+        if self.answered_at_planning(query):
+            assert query.rows is not None
             self._planned.remove_if_present(handle)
             return query.schema, query.rows.to_batches()
 
@@ -71,6 +72,18 @@ class Statements:
                 self._planned.remove_if_present(handle)
 
         return pending.query.schema, batches()
+
+    def answered_at_planning(self, query: PlannedQuery) -> bool:
+        """Whether `query`'s rows were made at planning (a constant's, a write's count) and
+        are served as they are: a cluster runs even a constant on its executors."""
+        return query.rows is not None and (self._cluster is None or query.frame is None)
+
+    def rows_known(self, ticket: sql.TicketStatementQuery) -> bool:
+        """Whether the statement behind `ticket` is open and answered at planning."""
+        try:
+            return self.answered_at_planning(self._planned.get(ticket.statement_handle).query)
+        except NotFound:
+            return False
 
     def cancel(self, info: fpb.FlightInfo) -> bool:
         """Stop the statements behind `info`'s tickets; False if none is known any more."""

@@ -19,9 +19,10 @@ import grpc
 import pyarrow as pa
 
 from engine.arrow_types import ResultBatch
+from flight_server import grpc_shortcuts
 from flight_server.errors import ClientError, Unimplemented, to_client_error
-from flight_server.final_message import message_bytes, send_final_with_status, with_final
 from flight_server.generated import Flight_pb2 as fpb
+from flight_server.grpc_shortcuts import message_bytes, with_final
 from flight_server.ipc import PutStream, encode_stream, schema_bytes
 
 log = logging.getLogger("krishiv.transport")
@@ -64,6 +65,13 @@ class FlightHandler(Protocol):
         ...
 
     def list_actions(self) -> list[tuple[str, str]]: ...
+
+    def answers_at_once(self, method: str, request: Any) -> bool:
+        """Whether the answer of `method` ("GetFlightInfo", "DoGet" or "DoAction") to
+        `request` is quick: known without I/O, planning or running a query, and taking no
+        lock held while waiting. grpcio's completion-queue thread then answers it itself
+        (grpc_shortcuts)."""
+        ...
 
 
 def _headers(context: grpc.ServicerContext) -> dict[str, str]:
@@ -119,7 +127,7 @@ class FlightService:
             try:
                 call = self._start(context)
                 answer = method(call, request)
-                # All known: the last goes out with the status (final_message).
+                # All known: the last goes out with the status (grpc_shortcuts).
                 results = with_final(answer) if isinstance(answer, list) else iter(answer)
                 first = next(results, None)
                 self._send_headers(call, context)
@@ -177,15 +185,24 @@ class FlightService:
                 for kind, description in self._handler.list_actions()]
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
-        def unary(method: Callable[..., Any], request: Any) -> grpc.RpcMethodHandler:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method), request_deserializer=request.FromString,
-                response_serializer=message_bytes)
+        def quick(name: str, serve: Callable[..., Any]) -> Callable[..., Any]:
+            serve.answers_at_once = (  # type: ignore[attr-defined]
+                lambda request: self._handler.answers_at_once(name, request))
+            return serve
 
-        def out_stream(method: Callable[..., Any], request: Any) -> grpc.RpcMethodHandler:
+        def unary(method: Callable[..., Any], request: Any, name: str = ""
+                  ) -> grpc.RpcMethodHandler:
+            serve = self._unary(method)
+            return grpc.unary_unary_rpc_method_handler(
+                quick(name, serve) if name else serve,
+                request_deserializer=request.FromString, response_serializer=message_bytes)
+
+        def out_stream(method: Callable[..., Any], request: Any, name: str = ""
+                       ) -> grpc.RpcMethodHandler:
+            serve = self._streaming(method)
             return grpc.unary_stream_rpc_method_handler(
-                self._streaming(method), request_deserializer=request.FromString,
-                response_serializer=message_bytes)
+                quick(name, serve) if name else serve,
+                request_deserializer=request.FromString, response_serializer=message_bytes)
 
         def both_streams(method: Callable[..., Any], parse: Callable[[bytes], Any]
                          ) -> grpc.RpcMethodHandler:
@@ -196,14 +213,14 @@ class FlightService:
         return grpc.method_handlers_generic_handler(SERVICE, {
             "Handshake": both_streams(self.handshake, fpb.HandshakeRequest.FromString),
             "ListFlights": out_stream(self.list_flights, fpb.Criteria),
-            "GetFlightInfo": unary(self.get_flight_info, fpb.FlightDescriptor),
+            "GetFlightInfo": unary(self.get_flight_info, fpb.FlightDescriptor, "GetFlightInfo"),
             "PollFlightInfo": unary(self.poll_flight_info, fpb.FlightDescriptor),
             "GetSchema": unary(self.get_schema, fpb.FlightDescriptor),
-            "DoGet": out_stream(self.do_get, fpb.Ticket),
+            "DoGet": out_stream(self.do_get, fpb.Ticket, "DoGet"),
             # DoPut takes FlightData as sent: ipc.PutStream cuts it apart without copies.
             "DoPut": both_streams(self.do_put, bytes),
             "DoExchange": both_streams(self.do_exchange, fpb.FlightData.FromString),
-            "DoAction": out_stream(self.do_action, fpb.Action),
+            "DoAction": out_stream(self.do_action, fpb.Action, "DoAction"),
             "ListActions": out_stream(self.list_actions, fpb.Empty),
         })
 
@@ -238,7 +255,7 @@ def start_flight_server(
     service: FlightService, host: str, port: int, config: TransportConfig
 ) -> tuple[grpc.Server, int]:
     """A started gRPC server for `service`, and the port it bound."""
-    send_final_with_status()
+    grpc_shortcuts.install()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="flight"),
         options=[

@@ -1,8 +1,11 @@
-"""Short answers leave with their status (flight_server.final_message), over real gRPC."""
+"""grpcio with fewer thread hand-offs (flight_server.grpc_shortcuts), over real gRPC."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pyarrow.flight as flight
@@ -12,15 +15,21 @@ from grpc import _server as grpc_internals
 
 from catalog import InMemoryCatalog
 from engine import EngineConfig, SqlEngine
-from flight_server import final_message
+from flight_server import grpc_shortcuts
 from flight_server.auth import Authenticator
 from flight_server.config import AuthConfig
-from flight_server.final_message import Final, message_bytes, send_final_with_status, with_final
 from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
+from flight_server.grpc_shortcuts import (
+    Final,
+    answer_at_once,
+    message_bytes,
+    send_final_with_status,
+    with_final,
+)
 from flight_server.protocol import pack
 from flight_server.server import FlightSqlHandler
-from flight_server.transport import FlightService, TransportConfig, start_flight_server
+from flight_server.transport import SERVICE, FlightService, TransportConfig, start_flight_server
 from tests.conftest import TOKEN
 from tests.flight_raw import bearer, grpc_action, grpc_do_get, grpc_flight_info
 from tests.servers import RunningServer
@@ -47,12 +56,30 @@ def _flight_info(channel: grpc.Channel, command: bytes) -> fpb.FlightInfo:
 
 
 def test_the_installed_grpcio_sends_final_messages_with_the_status() -> None:
-    """The grpcio this project installs has the internals final_message was written
+    """The grpcio this project installs has the internals grpc_shortcuts was written
     against (if a new grpcio changes them, short answers still go out, one hand-off
     slower: this test says so)."""
     assert send_final_with_status()
     loop = grpc_internals._send_message_callback_to_blocking_iterator_adapter
     assert getattr(loop, "sends_final_with_status", False)
+
+
+def test_the_installed_grpcio_answers_quick_calls_at_once() -> None:
+    """Likewise for reading a call's request first and answering quick calls at once."""
+    assert answer_at_once()
+    assert answer_at_once()  # installed once
+    assert isinstance(grpc_internals._handle_unary_stream.__self__, grpc_shortcuts._CallStart)
+
+
+def test_a_unary_call_without_its_request_is_refused(channel: grpc.Channel) -> None:
+    """A client that ends a unary call without sending the request gets UNIMPLEMENTED,
+    and the server goes on answering."""
+    no_request = channel.stream_unary(f"/{SERVICE}/GetFlightInfo")
+    with pytest.raises(grpc.RpcError) as refused:
+        no_request(iter(()), metadata=_METADATA)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "exactly one request message" in str(refused.value.details())
+    assert _flight_info(channel, pack(sql.CommandGetCatalogs())).endpoint
 
 
 def test_short_answers_arrive_whole_in_order(channel: grpc.Channel, server: RunningServer
@@ -81,26 +108,48 @@ def test_short_answers_arrive_whole_in_order(channel: grpc.Channel, server: Runn
     assert len(listed) == 2 and listed[1].data_body
 
 
+@dataclass(frozen=True)
+class InProcess:
+    port: int
+    handler: FlightSqlHandler
+
+
 @pytest.fixture()
-def in_process_port() -> Iterator[int]:
+def in_process() -> Iterator[InProcess]:
     """The Flight SQL service over an in-memory catalog, served in this process, so that
-    grpcio's sending can be watched."""
+    grpcio's threads and sending can be watched."""
     engine = SqlEngine(InMemoryCatalog(), EngineConfig())
     authenticator = Authenticator(AuthConfig())
-    service = FlightService(FlightSqlHandler(engine, 1 << 20), authenticator.authenticate)
+    handler = FlightSqlHandler(engine, 1 << 20)
+    service = FlightService(handler, authenticator.authenticate)
     server, port = start_flight_server(service, "127.0.0.1", 0, TransportConfig())
     try:
-        yield port
+        yield InProcess(port, handler)
     finally:
         server.stop(grace=None).wait()
         authenticator.close()
         engine.close()
 
 
-def test_a_final_message_is_not_sent_alone(in_process_port: int,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """grpcio sends a message alone (and waits for it) through `_send_response`: a
-    one-result action then sends none that way, a constant's DoGet only its schema."""
+def test_quick_calls_are_answered_on_the_completion_queue_thread(
+        in_process: InProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Preparing a constant planned before, its FlightInfo and rows, and closing it, are
+    answered by grpcio's completion-queue thread; a first prepare and a query that is
+    not a constant run on the pool's threads. grpcio sends a message alone (and waits
+    for it) through `_send_response`: only the messages of the query that is not a
+    constant go so."""
+    threads: dict[str, list[str]] = {}
+
+    def watched(name: str, run: Any) -> Any:
+        def on_thread(*args: Any) -> Any:
+            threads.setdefault(name, []).append(threading.current_thread().name)
+            return run(*args)
+
+        return on_thread
+
+    for name in ("get_flight_info", "do_get", "do_action"):
+        monkeypatch.setattr(in_process.handler, name,
+                            watched(name, getattr(in_process.handler, name)))
     sent_alone: list[bytes] = []
     send_alone = grpc_internals._send_response
 
@@ -109,30 +158,50 @@ def test_a_final_message_is_not_sent_alone(in_process_port: int,
         return bool(send_alone(rpc_event, state, serialized))
 
     monkeypatch.setattr(grpc_internals, "_send_response", counted)
-    with grpc.insecure_channel(f"127.0.0.1:{in_process_port}") as opened:
-        created = _action(opened, "CreatePreparedStatement", pack(
-            sql.ActionCreatePreparedStatementRequest(query="SELECT 1 AS one")))
-        assert len(created) == 1 and sent_alone == []
-        handle = sql.ActionCreatePreparedStatementResult()
-        assert any_pb2.Any.FromString(created[0].body).Unpack(handle)
-        info = _flight_info(opened, pack(sql.CommandPreparedStatementQuery(
-            prepared_statement_handle=handle.prepared_statement_handle)))
-        messages = _do_get(opened, info.endpoint[0].ticket)
-    assert len(messages) == 2 and messages[1].data_body
-    assert len(sent_alone) == 1  # the schema; the row went with the status
+    with grpc.insecure_channel(f"127.0.0.1:{in_process.port}") as opened:
+        constant = [_prepared_constant(opened) for _ in range(2)]
+        assert sent_alone == []
+        info = _flight_info(opened, pack(sql.CommandStatementQuery(query="SELECT now()")))
+        computed = _do_get(opened, info.endpoint[0].ticket)
+    assert all(len(rows) == 2 and rows[1].data_body for rows in [*constant, computed])
+    assert len(sent_alone) == 2  # the computed query's schema and row, sent as made
+    on_pool = {name: [thread.startswith("flight") for thread in names]
+               for name, names in threads.items()}
+    # Preparing a constant not planned before, then closing; preparing it again, closing.
+    assert on_pool["do_action"] == [True, False, False, False]
+    assert on_pool["get_flight_info"] == [False, False, True]  # constants, then now()
+    assert on_pool["do_get"] == [False, False, True]
+
+
+def _prepared_constant(channel: grpc.Channel) -> list[fpb.FlightData]:
+    """Prepare `SELECT 1 AS one`, fetch its rows, close it."""
+    created = _action(channel, "CreatePreparedStatement", pack(
+        sql.ActionCreatePreparedStatementRequest(query="SELECT 1 AS one")))
+    handle = sql.ActionCreatePreparedStatementResult()
+    assert any_pb2.Any.FromString(created[0].body).Unpack(handle)
+    info = _flight_info(channel, pack(sql.CommandPreparedStatementQuery(
+        prepared_statement_handle=handle.prepared_statement_handle)))
+    rows = _do_get(channel, info.endpoint[0].ticket)
+    assert _action(channel, "ClosePreparedStatement", pack(
+        sql.ActionClosePreparedStatementRequest(
+            prepared_statement_handle=handle.prepared_statement_handle))) == []
+    return rows
 
 
 def test_other_grpcio_internals_leave_grpcio_as_it_is(monkeypatch: pytest.MonkeyPatch
                                                        ) -> None:
-    """Where grpcio's loop is not the one known, nothing is replaced, and a Final
+    """Where grpcio's functions are not the ones known, nothing is replaced, and a Final
     message is an ordinary one to the serializer."""
     def different(rpc_event: object, state: object) -> None:
         raise AssertionError("never called")
 
     monkeypatch.setattr(grpc_internals, "_send_message_callback_to_blocking_iterator_adapter",
                         different)
-    assert not final_message.send_final_with_status()
+    assert not grpc_shortcuts.send_final_with_status()
     assert grpc_internals._send_message_callback_to_blocking_iterator_adapter is different
+    monkeypatch.setattr(grpc_internals, "_handle_unary_unary", different)
+    assert not answer_at_once()
+    assert grpc_internals._handle_unary_unary is different
     result = fpb.Result(body=b"a")
     assert message_bytes(Final(result)) == result.SerializeToString()
     assert message_bytes(Final(b"raw")) == b"raw"
