@@ -128,6 +128,16 @@ class PreparedStatements:
             return None
         return kept.query
 
+    def frees_little(self, request: sql.ActionClosePreparedStatementRequest) -> bool:
+        """Whether closing the statement frees no plan of its own: a kept plan's context
+        can take milliseconds to free (a constant's context is shared, and stays)."""
+        try:
+            statement = self._statements.get(request.prepared_statement_handle)
+        except NotFound:
+            return True
+        kept = statement.kept
+        return kept is None or kept.query.rows is not None
+
     def update(
         self,
         command: sql.CommandPreparedStatementUpdate,

@@ -96,7 +96,7 @@ class FlightSqlHandler:
     def answers_at_once(self, method: str, request: Any) -> bool:
         """Quick answers: a metadata command's FlightInfo (its schema), preparing a
         constant planned before, a prepared constant's FlightInfo, a constant's rows,
-        closing a prepared statement."""
+        closing a prepared statement that keeps no plan of its own."""
         if method == "GetFlightInfo":
             command = command_of(request)
             if isinstance(command, METADATA_COMMANDS):
@@ -108,12 +108,12 @@ class FlightSqlHandler:
             ticket = unpack(request.ticket)
             return (isinstance(ticket, sql.TicketStatementQuery)
                     and self._statements.rows_known(ticket))
-        elif method == "DoAction" and request.type == CREATE_PREPARED:
-            prepare = unpack(request.body)
-            return (isinstance(prepare, sql.ActionCreatePreparedStatementRequest)
-                    and self.engine.constant_query(prepare.query) is not None)
-        elif method == "DoAction":
-            return bool(request.type == CLOSE_PREPARED)
+        elif method == "DoAction" and request.type in (CREATE_PREPARED, CLOSE_PREPARED):
+            action = unpack(request.body)
+            if isinstance(action, sql.ActionCreatePreparedStatementRequest):
+                return self.engine.constant_query(action.query) is not None
+            if isinstance(action, sql.ActionClosePreparedStatementRequest):
+                return self._prepared.frees_little(action)
         return False
 
     def get_schema(self, call: Call, descriptor: fpb.FlightDescriptor) -> pa.Schema:

@@ -173,6 +173,42 @@ def test_quick_calls_are_answered_on_the_completion_queue_thread(
     assert on_pool["do_get"] == [False, False, True]
 
 
+def test_under_load_quick_calls_go_to_the_pool(in_process: InProcess,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """While other calls are in flight, a quick call runs on a pool thread too."""
+    release = threading.Event()
+    held = threading.Semaphore(0)
+    threads: list[str] = []
+    flight_info = in_process.handler.get_flight_info
+
+    def held_or_watched(call: Any, descriptor: fpb.FlightDescriptor) -> fpb.FlightInfo:
+        if b"held" in descriptor.cmd:
+            held.release()
+            release.wait(timeout=30)
+        else:
+            threads.append(threading.current_thread().name)
+        return flight_info(call, descriptor)
+
+    monkeypatch.setattr(in_process.handler, "get_flight_info", held_or_watched)
+    with grpc.insecure_channel(f"127.0.0.1:{in_process.port}") as opened:
+        catalogs = pack(sql.CommandGetCatalogs())
+        _flight_info(opened, catalogs)
+        holders = [threading.Thread(target=_flight_info, args=(opened, pack(
+            sql.CommandStatementQuery(query=f"SELECT 'held' AS h{i}")))) for i in range(3)]
+        for holder in holders:
+            holder.start()
+        try:
+            for _ in holders:
+                assert held.acquire(timeout=30)
+            _flight_info(opened, catalogs)
+        finally:
+            release.set()
+            for holder in holders:
+                holder.join(timeout=30)
+        _flight_info(opened, catalogs)
+    assert [name.startswith("flight") for name in threads] == [False, True, False]
+
+
 def _prepared_constant(channel: grpc.Channel) -> list[fpb.FlightData]:
     """Prepare `SELECT 1 AS one`, fetch its rows, close it."""
     created = _action(channel, "CreatePreparedStatement", pack(
