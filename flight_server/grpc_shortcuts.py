@@ -38,21 +38,27 @@ from typing import Any
 
 log = logging.getLogger("krishiv.transport")
 
-# grpcio's loop that sends a server stream's messages, and the helpers it calls.
-_LOOP = "_send_message_callback_to_blocking_iterator_adapter"
-_LOOP_SHAPES = {
-    _LOOP: ["rpc_event", "state", "send_response_callback", "response_iterator"],
+# grpcio's functions the replacements call or replace, by their parameters.
+_CALL = ["rpc_event", "state", "method_handler", "default_thread_pool"]
+_IN_POOL = ["rpc_event", "state", "behavior", "argument_thunk", "request_deserializer",
+            "response_serializer"]
+_HELPERS = {
     "_take_response_from_response_iterator": ["rpc_event", "state", "response_iterator"],
     "_status": ["rpc_event", "state", "serialized_response"],
     "_is_rpc_state_active": ["state"],
 }
-# grpcio's start of a call that takes one request, and what the replacement uses.
-_CALL = ["rpc_event", "state", "method_handler", "default_thread_pool"]
-_IN_POOL = ["rpc_event", "state", "behavior", "argument_thunk", "request_deserializer",
-            "response_serializer"]
+# The loop that sends a server stream's messages, and what calls it.
+_LOOP = "_send_message_callback_to_blocking_iterator_adapter"
+_LOOP_SHAPES = {
+    _LOOP: ["rpc_event", "state", "send_response_callback", "response_iterator"],
+    "_stream_response_in_pool": _IN_POOL,
+    **_HELPERS,
+}
+# The start of calls, and what the replacement uses.
+_STARTS = ("_handle_unary_unary", "_handle_unary_stream")
+_COUNTED = ("_handle_stream_unary", "_handle_stream_stream")
 _START_SHAPES = {
-    "_handle_unary_unary": _CALL,
-    "_handle_unary_stream": _CALL,
+    **{name: _CALL for name in _STARTS + _COUNTED},
     "_unary_response_in_pool": _IN_POOL,
     "_stream_response_in_pool": _IN_POOL,
     "_select_thread_pool_for_behavior": ["behavior", "default_thread_pool"],
@@ -64,12 +70,12 @@ _START_SHAPES = {
     "_get_initial_metadata_operation": ["state", "metadata"],
     "_get_send_message_op_flags_from_state": ["state"],
     "_abort": ["state", "call", "code", "details"],
-    "_take_response_from_response_iterator": ["rpc_event", "state", "response_iterator"],
-    "_status": ["rpc_event", "state", "serialized_response"],
-    "_is_rpc_state_active": ["state"],
+    **_HELPERS,
 }
 _START_NAMES = ("_CLOSED", "_EMPTY_FLAGS", "_RECEIVE_MESSAGE_TOKEN", "_SEND_MESSAGE_TOKEN",
-                "_SEND_INITIAL_METADATA_AND_SEND_MESSAGE_TOKEN", "cygrpc")
+                "_SEND_INITIAL_METADATA_AND_SEND_MESSAGE_TOKEN", "_RPCState", "cygrpc")
+_STATE_FIELDS = {"request", "client", "due", "context", "condition",
+                 "initial_metadata_allowed"}
 
 
 @dataclass(frozen=True)
@@ -123,12 +129,15 @@ def answer_at_once() -> bool:
                   _CallStart):
         return True
     if not (_has_shapes(internals, _START_SHAPES)
-            and all(hasattr(internals, name) for name in _START_NAMES)):
+            and all(hasattr(internals, name) for name in _START_NAMES)
+            and set(vars(internals._RPCState())) >= _STATE_FIELDS):
         log.debug("grpcio's call start is not the one known: calls start as before")
         return False
     in_flight = _InFlight()
-    for name, streaming in (("_handle_unary_unary", False), ("_handle_unary_stream", True)):
+    for name, streaming in zip(_STARTS, (False, True), strict=True):
         setattr(internals, name, _CallStart(internals, streaming, in_flight).handle)
+    for name in _COUNTED:
+        setattr(internals, name, in_flight.counting(getattr(internals, name)))
     return True
 
 
@@ -207,6 +216,18 @@ class _InFlight:
         with self._lock:
             self.count -= 1
 
+    def counting(self, handle: Callable[..., futures.Future[Any]]
+                 ) -> Callable[..., futures.Future[Any]]:
+        """grpcio's start of calls that stream requests (uploads), counted in flight."""
+        def counted(rpc_event: Any, state: Any, method_handler: Any,
+                    default_thread_pool: futures.ThreadPoolExecutor) -> futures.Future[Any]:
+            running = handle(rpc_event, state, method_handler, default_thread_pool)
+            self.start()
+            running.add_done_callback(self.end)
+            return running
+
+        return counted
+
 
 class _CallStart:
     """The start of calls that take one request: read it on the completion-queue thread,
@@ -233,7 +254,7 @@ class _CallStart:
                 self._start(rpc_event, state, method_handler, default_thread_pool, finished)
             except Exception:  # an escape would end grpcio's completion-queue thread
                 log.exception("a call could not be started")
-                self._abort(rpc_event, state, b"the call could not be started")
+                self._end_with_internal(rpc_event, state, b"the call could not be started")
                 if not finished.done():
                     finished.set_result(None)
             return outcome
@@ -326,17 +347,20 @@ class _CallStart:
 
         def sent(event: Any) -> Any:
             with state.condition:
-                try:
-                    self._send_in_turn(rpc_event, state, messages[1:])
-                except Exception:  # an escape would end grpcio's completion-queue thread
-                    log.exception("a stream's next message could not be sent")
-                    self._abort(rpc_event, state, b"the answer could not be sent")
-                return grpc._possibly_finish_call(state, token)
+                # The token first: the next message may be sent under the same one.
+                outcome = grpc._possibly_finish_call(state, token)
+                if outcome[0] is None:  # the call goes on
+                    try:
+                        self._send_in_turn(rpc_event, state, messages[1:])
+                    except Exception:  # an escape would end grpcio's completion-queue thread
+                        log.exception("a stream's next message could not be sent")
+                        self._end_with_internal(rpc_event, state, b"the answer could not be sent")
+                return outcome
 
         rpc_event.call.start_server_batch(operations, sent)
         state.due.add(token)
 
-    def _abort(self, rpc_event: Any, state: Any, details: bytes) -> None:
+    def _end_with_internal(self, rpc_event: Any, state: Any, details: bytes) -> None:
         """End a call that is still open with INTERNAL."""
         with state.condition:
             if self._grpc._is_rpc_state_active(state):

@@ -40,11 +40,13 @@ class PreparedStatement:
 
     def kept_plan(self) -> PlannedQuery | None:
         """The plan made at prepare, for this execution, while it holds: no parameters
-        bound and the same tables at the same versions. Parsing and planning again would
-        cost more than checking (SELECT 1 through ADBC: 0.1 ms of the server's work)."""
+        bound and the same tables at the same versions (written constants name none).
+        Parsing and planning again would cost more than checking (SELECT 1 through ADBC:
+        0.1 ms of the server's work)."""
         kept = self.kept
-        if (kept is None or self.parameters is not None
-                or self.session.snapshot(self.query) != kept.snapshot):
+        if kept is None or self.parameters is not None:
+            return None
+        if kept.query.rows is None and self.session.snapshot(self.query) != kept.snapshot:
             return None
         return planned_again(kept.query)
 
@@ -118,7 +120,7 @@ class PreparedStatements:
 
     def kept_constant(self, command: sql.CommandPreparedStatementQuery) -> PlannedQuery | None:
         """The statement's kept plan if it is open, has no parameters bound and its rows
-        were made at planning (written constants: no table whose version to read)."""
+        were made at planning (written constants): what `plan` then returns as it is."""
         try:
             statement = self._statements.get(command.prepared_statement_handle)
         except NotFound:
@@ -127,16 +129,6 @@ class PreparedStatements:
         if kept is None or statement.parameters is not None or kept.query.rows is None:
             return None
         return kept.query
-
-    def frees_little(self, request: sql.ActionClosePreparedStatementRequest) -> bool:
-        """Whether closing the statement frees no plan of its own: a kept plan's context
-        can take milliseconds to free (a constant's context is shared, and stays)."""
-        try:
-            statement = self._statements.get(request.prepared_statement_handle)
-        except NotFound:
-            return True
-        kept = statement.kept
-        return kept is None or kept.query.rows is not None
 
     def update(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pyarrow.flight as flight
@@ -29,7 +29,14 @@ from flight_server.grpc_shortcuts import (
 )
 from flight_server.protocol import pack
 from flight_server.server import FlightSqlHandler
-from flight_server.transport import SERVICE, FlightService, TransportConfig, start_flight_server
+from flight_server.transport import (
+    SERVICE,
+    Call,
+    FlightHandler,
+    FlightService,
+    TransportConfig,
+    start_flight_server,
+)
 from tests.conftest import TOKEN
 from tests.flight_raw import bearer, grpc_action, grpc_do_get, grpc_flight_info
 from tests.servers import RunningServer
@@ -207,6 +214,43 @@ def test_under_load_quick_calls_go_to_the_pool(in_process: InProcess,
                 holder.join(timeout=30)
         _flight_info(opened, catalogs)
     assert [name.startswith("flight") for name in threads] == [False, True, False]
+
+
+class _Results:
+    """A handler answering action `results` with as many results as its body says, all
+    quick; every other method unused."""
+
+    def do_action(self, call: Call, kind: str, body: bytes) -> list[bytes]:
+        return [str(number).encode() for number in range(int(body))]
+
+    def answers_at_once(self, method: str, request: Any) -> bool:
+        return method == "DoAction"
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"{name} is not used here")
+
+
+@pytest.mark.parametrize("reply_headers", [[], [("x-reply", "yes")]])
+def test_quick_streams_of_any_length_arrive_whole(reply_headers: list[tuple[str, str]]
+                                                  ) -> None:
+    """A quick stream's messages go one after another, the last with the status, also
+    after the reply headers went first; the server goes on serving."""
+    service = FlightService(cast(FlightHandler, _Results()),
+                            lambda headers: ("tester", reply_headers))
+    server, port = start_flight_server(service, "127.0.0.1", 0, TransportConfig())
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as opened:
+            for count in (0, 1, 2, 3, 4, 7, 3):
+                call = opened.unary_stream(f"/{SERVICE}/DoAction")(
+                    fpb.Action(type="results", body=str(count).encode()).SerializeToString(),
+                    timeout=10)
+                results = [fpb.Result.FromString(raw).body for raw in call]
+                assert results == [str(number).encode() for number in range(count)]
+                assert call.code() == grpc.StatusCode.OK
+                assert dict(call.initial_metadata()).get("x-reply") == (
+                    "yes" if reply_headers else None)
+    finally:
+        server.stop(grace=None).wait()
 
 
 def _prepared_constant(channel: grpc.Channel) -> list[fpb.FlightData]:
