@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
@@ -27,7 +27,7 @@ class HandleStore(Generic[V]):
         self._entries: OrderedDict[bytes, tuple[float, V]] = OrderedDict()
 
     def add(self, value: V) -> bytes:
-        handle = uuid.uuid4().bytes
+        handle = secrets.token_bytes(16)
         with self._lock:
             now = time.monotonic()  # taken under the lock: entries stay in time order
             self._expire(now)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -24,7 +23,7 @@ _QUERY_TTL_S = 600.0
 @dataclass
 class _Pending:
     query: PlannedQuery
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancelled: bool = False  # set by CancelFlightInfo; a flag, read by the running query
 
 
 class Statements:
@@ -59,7 +58,7 @@ class Statements:
             return query.schema, query.rows.to_batches()
 
         def cancelled() -> bool:
-            return pending.cancelled.is_set() or is_cancelled()
+            return pending.cancelled or is_cancelled()
 
         def batches() -> Iterator[ResultBatch]:
             try:
@@ -95,7 +94,7 @@ class Statements:
                 continue
             if isinstance(ticket, sql.TicketStatementQuery):
                 try:
-                    self._planned.get(ticket.statement_handle).cancelled.set()
+                    self._planned.get(ticket.statement_handle).cancelled = True
                     found = True
                 except NotFound:
                     continue
