@@ -126,9 +126,7 @@ class PreparedStatements:
         except NotFound:
             return None
         kept = statement.kept
-        if kept is None or statement.parameters is not None or kept.query.rows is None:
-            return None
-        return kept.query
+        return statement.kept_plan() if kept is not None and kept.query.rows is not None else None
 
     def update(
         self,
