@@ -66,12 +66,13 @@ def main(argv: list[str] | None = None) -> None:
             loops[f"{name}, {_STUB}"] = loop
         for loop in loops.values():
             _latencies(loop, args.warmup, 0)
-        per_round = max(1, args.runs // max(1, args.rounds))
-        for _ in range(max(1, args.rounds)):
+        rounds = max(1, args.rounds)
+        per_round = max(1, args.runs // rounds)
+        for _ in range(rounds):
             for name, loop in loops.items():
                 results.setdefault(name, []).extend(_latencies(loop, 0, per_round))
-    print(f"Round-trip latency, Krishiv embedded on 127.0.0.1, {per_round * args.rounds} "
-          f"timed runs per loop in {args.rounds} alternating rounds after {args.warmup} "
+    print(f"Round-trip latency, Krishiv embedded on 127.0.0.1, {per_round * rounds} "
+          f"timed runs per loop in {rounds} alternating rounds after {args.warmup} "
           "warm-up runs, one client thread, milliseconds")
     print()
     print(markdown_table(
