@@ -196,8 +196,9 @@ def _send_loop(take: Callable[..., tuple[Any, bool]], status: Callable[..., None
 # Quick calls are answered on the completion-queue thread only while at most this many
 # calls are in flight. Under load, Python threads queue for the GIL, every wait of that
 # thread's would hold up all calls' messages, and the pool's threads share the waits
-# better (64 clients refused by admission control: 0.14 s p50 with the pool, 0.4-0.7 s
-# with everything quick answered there).
+# better (64 clients refused by admission control, p50: 0.14-0.17 s in six runs of seven
+# with the pool; 0.14-0.70 s, nine of eleven runs over 0.3 s, with every quick call
+# answered there).
 _QUICK_WHILE_IN_FLIGHT = 2
 
 
