@@ -256,6 +256,22 @@ def test_table_functions_and_constant_queries(conn: flightsql.Connection) -> Non
     assert table.schema.field("xy").type == pa.string()
 
 
+def test_a_constant_run_again_answers_the_same(conn: flightsql.Connection) -> None:
+    """Once planned, a constant is prepared, run and closed again on the server's gRPC
+    thread (flight_server.grpc_shortcuts): its answers stay right on a reused cursor, on
+    new cursors, and between queries that are not constants."""
+    query = "SELECT 7 AS seven, 'q' AS q"
+    with conn.cursor() as reused:
+        for _ in range(3):
+            reused.execute(query)
+            assert reused.fetchall() == [(7, "q")]
+            with conn.cursor() as fresh:
+                fresh.execute(query)
+                assert fresh.fetch_arrow_table().to_pylist() == [{"seven": 7, "q": "q"}]
+            reused.execute("SELECT count(*) FROM tpch.nation")
+            assert reused.fetchall() == [(25,)]
+
+
 def test_big_result_streams_whole_through_adbc(conn: flightsql.Connection) -> None:
     """A result of a dozen 4 MiB messages reuses the query worker's three shared-memory
     slots several times over on its way to the client; every row arrives, in order. A
