@@ -8,12 +8,15 @@ Loops, each `--warmup` untimed runs, then `--runs` timed runs in `--rounds` roun
 - ADBC, one cursor reused for every run (`execute` + `fetchall`).
 - raw pyarrow Flight client `list_actions()`: one gRPC round trip through the same
   server's transport, no SQL; a floor for context.
-- the two ADBC loops again against bench.flightsql_stub, a Flight SQL responder on
-  pyarrow's C++ server that does no work: what the client's round trips cost by themselves.
+- the two ADBC loops again against two do-nothing Flight SQL responders
+  (bench.flightsql_stub) giving the same one-row answers: one on pyarrow's C++ server,
+  what the client's round trips cost by themselves; one on Krishiv's own transport
+  (grpcio with flight_server.grpc_shortcuts), what they cost through that transport.
 
 Each round runs every loop once against each server, so a slow spell of this shared
-machine weighs on Krishiv and the stub alike. Reports p50, p90, p99 and max in
-milliseconds over all rounds, and Krishiv's p50 over the stub's.
+machine weighs on all of them alike. Reports p50, p90, p99 and max in milliseconds over
+all rounds, Krishiv's p50 over the C++ stub's, and how Krishiv's p50 splits: the C++
+stub's, what Krishiv's transport adds to it, and what Krishiv's own work adds on top.
 
     python -m bench latency [--runs 1000] [--warmup 50] [--rounds 10]
 """
@@ -61,9 +64,10 @@ def main(argv: list[str] | None = None) -> None:
         client = flight.connect(f"grpc://127.0.0.1:{port}")
         stack.callback(client.close)
         loops["pyarrow Flight list_actions()"] = client.list_actions
-        stub_port = stack.enter_context(running_stub())
-        for name, loop in stack.enter_context(_adbc_loops(stub_port)).items():
-            loops[f"{name}, {_STUB}"] = loop
+        for against, on_krishiv_transport in ((_STUB, False), (_OUR_STUB, True)):
+            stub_port = stack.enter_context(running_stub(on_krishiv_transport))
+            for name, loop in stack.enter_context(_adbc_loops(stub_port)).items():
+                loops[f"{name}, {against}"] = loop
         for loop in loops.values():
             _latencies(loop, args.warmup, 0)
         rounds = max(1, args.rounds)
@@ -79,9 +83,18 @@ def main(argv: list[str] | None = None) -> None:
         ["loop", "p50 ms", "p90 ms", "p99 ms", "max ms", "p50 / stub's"],
         [[name, ms(percentile(t, 50)), ms(percentile(t, 90)), ms(percentile(t, 99)),
           ms(max(t)), _to_stub(name, results)] for name, t in results.items()]))
+    print()
+    print("Where Krishiv's p50 goes: the C++ stub's p50 (the client and one gRPC server), "
+          "what Krishiv's transport adds to it, what Krishiv's own work adds on top")
+    print()
+    print(markdown_table(
+        ["loop", "Krishiv p50 ms", "C++ stub", "+ transport", "+ Krishiv's work"],
+        [_split(name, results) for name in _KRISHIV_LOOPS]))
 
 
 _STUB = "against a do-nothing Flight SQL stub"
+_OUR_STUB = "against the same stub on Krishiv's transport"
+_KRISHIV_LOOPS = ("ADBC SELECT 1, new cursor per run", "ADBC SELECT 1, one cursor reused")
 
 
 def _to_stub(name: str, results: dict[str, list[float]]) -> str:
@@ -89,6 +102,12 @@ def _to_stub(name: str, results: dict[str, list[float]]) -> str:
     if stub is None:
         return ""
     return f"{percentile(results[name], 50) / percentile(stub, 50):.2f}"
+
+
+def _split(name: str, results: dict[str, list[float]]) -> list[str]:
+    krishiv, stub, our_stub = (percentile(results[key], 50) for key in
+                               (name, f"{name}, {_STUB}", f"{name}, {_OUR_STUB}"))
+    return [name, ms(krishiv), ms(stub), ms(our_stub - stub), ms(krishiv - our_stub)]
 
 
 @contextmanager

@@ -34,6 +34,10 @@ def test_latency_harness_runs_against_krishiv_and_the_stub() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ADBC SELECT 1, new cursor per run |" in done.stdout
     assert "against a do-nothing Flight SQL stub" in done.stdout
+    assert "against the same stub on Krishiv's transport" in done.stdout
+    split = [line for line in done.stdout.splitlines()
+             if line.startswith("| ADBC SELECT 1, one cursor reused | ")]
+    assert len(split) == 2 and len(split[1].split("|")) == 7, done.stdout
 
 
 def test_streaming_harness_fetches_from_each_server() -> None:
