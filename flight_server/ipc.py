@@ -8,8 +8,11 @@ header, body), which are cut apart here and framed by hand.
 from __future__ import annotations
 
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import pyarrow as pa
 from google.protobuf.message import DecodeError
@@ -51,9 +54,56 @@ def _frame(header: pa.Buffer, body: pa.Buffer | None, app_metadata: bytes = b"")
     return b"".join(parts)
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _ByIdentity(Generic[K, V]):
+    """Encodings of Arrow objects that are sent again as they are (a kept constant's
+    schema and rows), found by the object's identity: hashing a schema or a table costs
+    more than encoding it, and encoding again costs 20 µs and more on a busy server, whose
+    caches are cold (bench/RESULTS.md). Holds the objects it encoded, so that an id stays
+    theirs while kept; forgets the oldest past `size`."""
+
+    def __init__(self, encode: Callable[[K], V], size: int = 256) -> None:
+        self._encode = encode
+        self._size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[int, tuple[K, V]] = OrderedDict()
+
+    def __call__(self, key: K) -> V:
+        entry = self._entries.get(id(key))
+        if entry is not None and entry[0] is key:
+            return entry[1]
+        value = self._encode(key)
+        with self._lock:
+            self._entries[id(key)] = (key, value)
+            if len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return value
+
+
+def _schema_message(schema: pa.Schema) -> bytes:
+    header, _ = _split(schema.serialize())
+    return _frame(header, None)
+
+
+_schemas: _ByIdentity[pa.Schema, bytes] = _ByIdentity(
+    lambda schema: schema.serialize().to_pybytes())
+_schema_messages: _ByIdentity[pa.Schema, bytes] = _ByIdentity(_schema_message)
+_tables: _ByIdentity[pa.Table, tuple[bytes, ...]] = _ByIdentity(
+    lambda table: tuple(flight_data(batch.serialize()) for batch in table.to_batches()))
+
+
 def schema_bytes(schema: pa.Schema) -> bytes:
     """The encapsulated IPC schema message, as FlightInfo and SchemaResult carry it."""
-    return schema.serialize().to_pybytes()
+    return _schemas(schema)
+
+
+def table_messages(table: pa.Table) -> tuple[bytes, ...]:
+    """`table`'s batches as serialized FlightData messages, for a result known at
+    planning (a constant's rows): the same each time it is sent."""
+    return _tables(table)
 
 
 def flight_data(message: pa.Buffer) -> bytes:
@@ -65,8 +115,7 @@ def flight_data(message: pa.Buffer) -> bytes:
 def encode_stream(schema: pa.Schema, batches: Iterable[ResultBatch]) -> Iterator[bytes]:
     """Serialized FlightData messages: the schema, then one per batch (batches already
     serialized as FlightData pass as they are)."""
-    header, _ = _split(schema.serialize())
-    yield _frame(header, None)
+    yield _schema_messages(schema)
     for batch in batches:
         yield batch if isinstance(batch, bytes) else flight_data(batch.serialize())
 

@@ -14,7 +14,7 @@ from flight_server.errors import InvalidArgument, NotFound
 from flight_server.generated import Flight_pb2 as fpb
 from flight_server.generated import FlightSql_pb2 as sql
 from flight_server.handles import HandleStore
-from flight_server.ipc import flight_data
+from flight_server.ipc import flight_data, table_messages
 from flight_server.protocol import flight_info, pack, unpack
 
 _QUERY_TTL_S = 600.0
@@ -55,7 +55,7 @@ class Statements:
         if self.answered_at_planning(query):
             assert query.rows is not None
             self._planned.remove_if_present(handle)
-            return query.schema, query.rows.to_batches()
+            return query.schema, list(table_messages(query.rows))
 
         def cancelled() -> bool:
             return pending.cancelled or is_cancelled()

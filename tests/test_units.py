@@ -28,7 +28,7 @@ from flight_server.config import ConfigError, auth_config, parse_size, parse_use
 from flight_server.errors import InvalidArgument, NotFound
 from flight_server.generated import Flight_pb2 as fpb
 from flight_server.handles import HandleStore
-from flight_server.ipc import _upload
+from flight_server.ipc import _ByIdentity, _upload, encode_stream, schema_bytes, table_messages
 from flight_server.metadata import like_matcher
 from tests.reference import matches, order_keys
 
@@ -296,3 +296,38 @@ def test_handles_are_forgotten_after_their_time_unused_and_kept_while_used(
     assert len(store) == 1  # made[500] (used at 108) and late (108) expired
     with pytest.raises(NotFound):
         store.get(late)
+
+
+def test_encodings_kept_by_identity_match_fresh_ones() -> None:
+    """Kept constants' schema and rows are encoded once; what is sent is what encoding
+    them again would give, and an equal but distinct object gets its own encoding."""
+    table = pa.table({"n": pa.array([1, 2], pa.int64())})
+    other = pa.table({"n": pa.array([1, 2], pa.int64())})
+    schema = table.schema  # each `.schema` is a new object: a kept plan holds one
+    assert schema_bytes(schema) == schema.serialize().to_pybytes()
+    assert schema_bytes(schema) is schema_bytes(schema)
+    assert table_messages(table) is table_messages(table)
+    assert table_messages(other) is not table_messages(table)
+    assert table_messages(table) == tuple(encode_stream(table.schema, table.to_batches()))[1:]
+    decoded = pa.ipc.open_stream(b"".join(
+        _ipc_message(message) for message in encode_stream(table.schema, table_messages(table))
+    )).read_all()
+    assert decoded.equals(table)
+
+
+def _ipc_message(flight_data: bytes) -> bytes:
+    """The encapsulated IPC message inside a serialized FlightData."""
+    message = fpb.FlightData.FromString(flight_data)
+    header = message.data_header + b"\0" * (-len(message.data_header) % 8)
+    return (b"\xff\xff\xff\xff" + len(header).to_bytes(4, "little") + header
+            + message.data_body)
+
+
+def test_identity_memo_keeps_a_bounded_number_of_objects() -> None:
+    encoded: list[object] = []
+    memo: _ByIdentity[object, int] = _ByIdentity(lambda key: len(encoded.append(key) or encoded),
+                                                 size=3)
+    keys = [object() for _ in range(5)]
+    assert [memo(key) for key in keys] == [1, 2, 3, 4, 5]
+    assert memo(keys[4]) == 5 and memo(keys[0]) == 6  # the oldest was forgotten
+    assert len(encoded) == 6
