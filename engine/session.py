@@ -37,6 +37,9 @@ from engine.writes import COUNT_SCHEMA, Writer, count_rows
 _MAX_CONSTANT_QUERIES = 256
 # Client SQL may only query: DDL, DML and SET would reach files and runtime settings.
 READ_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
+# The parameters of a query that takes none: one object, so that its encoding is kept
+# (flight_server.ipc) rather than made again at every prepare.
+NO_COLUMNS = pa.schema([])
 
 
 @dataclass
@@ -506,7 +509,7 @@ class Session:
     def parameter_schema(query: PlannedQuery) -> pa.Schema:
         """The parameters a query planned without values takes."""
         if query.frame is None or "$" not in query.text:  # no placeholder: skip the walk
-            return pa.schema([])
+            return NO_COLUMNS
         with translated_errors():
             return parameter_schema(query.frame.logical_plan())
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from engine import PlannedQuery, Session
-from engine.session import planned_again
+from engine.session import NO_COLUMNS, planned_again
 from engine.writes import COUNT_SCHEMA
 from flight_server.errors import InvalidArgument, NotFound
 from flight_server.generated import FlightSql_pb2 as sql
@@ -66,7 +66,7 @@ class PreparedStatements:
         if session.write_statement(request.query) is not None:
             # Writes run at execution, never at prepare; an empty dataset schema tells
             # the JDBC driver to execute through DoPut.
-            statement = PreparedStatement(session, request.query, pa.schema([]), pa.schema([]))
+            statement = PreparedStatement(session, request.query, NO_COLUMNS, NO_COLUMNS)
         else:
             snapshot = session.snapshot(request.query)
             planned = session.plan(request.query)
