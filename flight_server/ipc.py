@@ -63,24 +63,36 @@ class _ByIdentity(Generic[K, V]):
     schema and rows), found by the object's identity: hashing a schema or a table costs
     more than encoding it, and encoding again costs 20 µs and more on a busy server, whose
     caches are cold (bench/RESULTS.md). Holds the objects it encoded, so that an id stays
-    theirs while kept; forgets the oldest past `size`."""
+    theirs while kept; forgets the least recently used past `size`. Objects `worth`
+    rejects (large one-off results) are encoded each time and not held."""
 
-    def __init__(self, encode: Callable[[K], V], size: int = 256) -> None:
+    def __init__(self, encode: Callable[[K], V], size: int = 256,
+                 worth: Callable[[K], bool] = lambda _: True) -> None:
         self._encode = encode
         self._size = size
+        self._worth = worth
         self._lock = threading.Lock()
         self._entries: OrderedDict[int, tuple[K, V]] = OrderedDict()
 
     def __call__(self, key: K) -> V:
-        entry = self._entries.get(id(key))
-        if entry is not None and entry[0] is key:
-            return entry[1]
-        value = self._encode(key)
         with self._lock:
-            self._entries[id(key)] = (key, value)
-            if len(self._entries) > self._size:
-                self._entries.popitem(last=False)
+            entry = self._entries.get(id(key))
+            if entry is not None and entry[0] is key:
+                self._entries.move_to_end(id(key))
+                return entry[1]
+        value = self._encode(key)
+        if self._worth(key):
+            with self._lock:
+                self._entries[id(key)] = (key, value)
+                if len(self._entries) > self._size:
+                    self._entries.popitem(last=False)
         return value
+
+
+# The constants clients run again and again (`SELECT 1`, a pool's liveness check) have
+# rows of a few values; larger results known at planning (a long literal, a bound value)
+# are mostly sent once and must not stay in memory.
+_KEPT_TABLE_BYTES = 16 * 1024
 
 
 def _schema_message(schema: pa.Schema) -> bytes:
@@ -92,7 +104,8 @@ _schemas: _ByIdentity[pa.Schema, bytes] = _ByIdentity(
     lambda schema: schema.serialize().to_pybytes())
 _schema_messages: _ByIdentity[pa.Schema, bytes] = _ByIdentity(_schema_message)
 _tables: _ByIdentity[pa.Table, tuple[bytes, ...]] = _ByIdentity(
-    lambda table: tuple(flight_data(batch.serialize()) for batch in table.to_batches()))
+    lambda table: tuple(flight_data(batch.serialize()) for batch in table.to_batches()),
+    worth=lambda table: table.nbytes <= _KEPT_TABLE_BYTES)
 
 
 def schema_bytes(schema: pa.Schema) -> bytes:

@@ -323,11 +323,27 @@ def _ipc_message(flight_data: bytes) -> bytes:
             + message.data_body)
 
 
-def test_identity_memo_keeps_a_bounded_number_of_objects() -> None:
+def test_identity_memo_keeps_the_recently_used_and_only_what_is_worth_it() -> None:
     encoded: list[object] = []
-    memo: _ByIdentity[object, int] = _ByIdentity(lambda key: len(encoded.append(key) or encoded),
-                                                 size=3)
-    keys = [object() for _ in range(5)]
-    assert [memo(key) for key in keys] == [1, 2, 3, 4, 5]
-    assert memo(keys[4]) == 5 and memo(keys[0]) == 6  # the oldest was forgotten
-    assert len(encoded) == 6
+
+    def encode(key: object) -> int:
+        encoded.append(key)
+        return len(encoded)
+
+    memo: _ByIdentity[object, int] = _ByIdentity(encode, size=3,
+                                                 worth=lambda key: key is not large)
+    keys = [object() for _ in range(4)]
+    large = object()
+    assert [memo(key) for key in keys[:3]] == [1, 2, 3]
+    assert memo(keys[0]) == 1  # a hit, now the most recently used
+    assert memo(keys[3]) == 4  # keys[1], the least recently used, is forgotten
+    assert memo(keys[0]) == 1 and memo(keys[2]) == 3 and memo(keys[1]) == 5
+    assert memo(large) == 6 and memo(large) == 7  # encoded each time, never held
+
+
+def test_large_results_known_at_planning_are_not_kept_encoded() -> None:
+    small = pa.table({"n": pa.array([1], pa.int64())})
+    large = pa.table({"s": pa.array(["x" * 100_000])})
+    assert table_messages(small) is table_messages(small)
+    assert table_messages(large) is not table_messages(large)
+    assert table_messages(large) == table_messages(large)
