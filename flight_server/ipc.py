@@ -96,7 +96,8 @@ _KEPT_TABLE_BYTES = 16 * 1024
 
 
 def _schema_message(schema: pa.Schema) -> bytes:
-    header, _ = _split(schema.serialize())
+    # From the kept encoding: a query's FlightInfo has encoded the schema its DoGet sends.
+    header, _ = _split(pa.py_buffer(schema_bytes(schema)))
     return _frame(header, None)
 
 
